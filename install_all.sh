@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs watcher into ./.venv (Python 3.11+ on Debian/Ubuntu).
+#
+#   ./install_all.sh            install only
+#   ./install_all.sh --run      install, then back up ./data to the local repository ./backups
+#                               (the embedded default; any BACKUP_* variable you set wins)
+#   ./install_all.sh --test     install, add what the tests need (pytest, Debian's openssh-server,
+#                               vsftpd and the test account), then run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+mode="${1:-}"
+case "$mode" in ""|--run|--test) ;; *) echo "usage: $0 [--run|--test]" >&2; exit 2 ;; esac
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "error: watcher needs Python 3.11 or newer ($python)" >&2; exit 1
+fi
+if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' 2>/dev/null; then
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+if [ "$mode" = --test ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
+else
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+
+case "$mode" in
+  --run)
+    mkdir -p data backups
+    export BACKUP_SOURCES="${BACKUP_SOURCES:-$PWD/data}"
+    export BACKUP_TARGET="${BACKUP_TARGET:-file://$PWD/backups}"
+    export BACKUP_STATE_DIR="${BACKUP_STATE_DIR:-$PWD/.state}"
+    exec .venv/bin/watcher backup
+    ;;
+  --test)
+    need=()
+    command -v /usr/sbin/sshd >/dev/null || need+=(openssh-server)
+    command -v /usr/sbin/vsftpd >/dev/null || need+=(vsftpd)
+    if [ ${#need[@]} -gt 0 ]; then
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    if [ -f tests/servers/sftp_user.sh ]; then as_root bash tests/servers/sftp_user.sh; fi
+    .venv/bin/ruff check .
+    exec .venv/bin/python -m pytest -q
+    ;;
+esac
+echo "installed: .venv/bin/watcher --help"

@@ -1,0 +1,35 @@
+"""Shared test set-up: a clean environment, and no test may leak a thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+_PREFIXES = ("BACKUP_", "SMTP_", "MAIL_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No developer setting leaks into a test; no test reads a stray ./.env."""
+    for name in list(os.environ):
+        if name.startswith(_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    deadline = threading.Event()
+    for _ in range(50):
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+        leaked += [t for t in threading.enumerate() if t not in before and t.is_alive() and t.name == "pack-upload"]
+        if not leaked:
+            return
+        deadline.wait(0.1)
+    pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")

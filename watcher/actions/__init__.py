@@ -1,0 +1,1 @@
+"""One module per command; each returns a result dataclass and never prints or exits."""

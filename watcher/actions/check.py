@@ -1,0 +1,121 @@
+"""Verify a repository: its structure always, and with `read_data` every stored byte.
+
+Structure: every index parses, every pack an index names exists with the right size, every
+snapshot parses and every tree and chunk it reaches is in the index. Data: every pack is
+downloaded, its hash checked, its header compared with the index and every blob re-hashed.
+Packs that no index names (left by an interrupted run) are not damage; they are reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from watcher.errors import IntegrityError, NotFoundError
+from watcher.pack import decode_blob, parse_header
+from watcher.repository import Repository
+from watcher.snapshot import decode_tree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckResult:
+    snapshots: int = 0
+    packs: int = 0
+    blobs: int = 0
+    bytes_read: int = 0
+    unindexed_packs: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def sound(self) -> bool:
+        return not self.problems
+
+
+def _check_packs(repository: Repository, result: CheckResult) -> set[str]:
+    stored = {info.key.rsplit("/", 1)[1]: info.size for info in repository.backend.list("packs")}
+    for pack_id, size in sorted(repository.packs.items()):
+        if pack_id not in stored:
+            result.problems.append(f"pack {pack_id} is missing")
+        elif stored[pack_id] != size:
+            result.problems.append(f"pack {pack_id} has {stored[pack_id]} bytes, the index says {size}")
+    result.unindexed_packs = len(stored.keys() - repository.packs.keys())
+    result.packs = len(stored)
+    return set(stored) & set(repository.packs)
+
+
+def _check_trees(repository: Repository, result: CheckResult) -> None:
+    seen: set[str] = set()
+
+    def visit(tree_id: str, where: str) -> None:
+        if tree_id in seen:
+            return
+        seen.add(tree_id)
+        if not repository.has_blob(tree_id):
+            result.problems.append(f"{where}: tree {tree_id} is in no index")
+            return
+        try:
+            nodes = decode_tree(repository.read_blob(tree_id), tree_id)
+        except (IntegrityError, NotFoundError) as error:
+            result.problems.append(f"{where}: {error}")
+            return
+        for node in nodes:
+            path = f"{where.rstrip('/')}/{node.name}"
+            if node.kind == "dir":
+                if node.subtree:
+                    visit(node.subtree, path)
+                else:
+                    result.problems.append(f"{path}: folder without a tree")
+            for chunk in node.content:
+                if not repository.has_blob(chunk):
+                    result.problems.append(f"{path}: chunk {chunk} is in no index")
+
+    for snapshot_id in repository.snapshot_ids():
+        try:
+            snapshot = repository.load_snapshot(snapshot_id)
+        except IntegrityError as error:
+            result.problems.append(str(error))
+            continue
+        result.snapshots += 1
+        visit(snapshot.tree, f"snapshot {snapshot.id}: /")
+
+
+def _read_data(repository: Repository, packs: set[str], result: CheckResult, advance: Callable[[int], None]) -> None:
+    expected: dict[str, dict[str, tuple[int, int]]] = {}
+    for entry in repository.blobs.values():
+        expected.setdefault(entry.pack, {})[entry.id] = (entry.offset, entry.length)
+    for pack_id in sorted(packs):
+        try:
+            data = repository.read_pack(pack_id)
+            entries = parse_header(pack_id, data)
+            for entry in entries:
+                decode_blob(data[entry.offset : entry.offset + entry.length], entry)
+                result.blobs += 1
+        except IntegrityError as error:
+            result.problems.append(str(error))
+            continue
+        finally:
+            advance(repository.packs.get(pack_id, 0))
+        result.bytes_read += len(data)
+        in_header = {entry.id: (entry.offset, entry.length) for entry in entries}
+        for blob_id, place in expected.get(pack_id, {}).items():
+            if in_header.get(blob_id) != place:
+                result.problems.append(f"pack {pack_id}: blob {blob_id} is not where the index says")
+
+
+def run_check(repository: Repository, read_data: bool = False, advance: Callable[[int], None] = lambda n: None
+              ) -> CheckResult:
+    """Check an opened repository; the index is loaded here, so a broken index is reported."""
+    result = CheckResult()
+    try:
+        repository.load_index()
+    except IntegrityError as error:
+        result.problems.append(str(error))
+        return result
+    packs = _check_packs(repository, result)
+    _check_trees(repository, result)
+    if read_data:
+        _read_data(repository, packs, result, advance)
+    return result

@@ -1,0 +1,54 @@
+"""`doctor`: is everything in place for a backup? One verdict per check, nothing written."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watcher.errors import WatcherError
+from watcher.repository import Repository
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool | None  # None: not applicable
+    name: str
+    detail: str
+
+
+def check_sources(sources: tuple[Path, ...]) -> Verdict:
+    unreadable = [str(path) for path in sources if not os.access(path, os.R_OK | os.X_OK)]
+    if unreadable:
+        return Verdict(False, "sources", f"cannot read {', '.join(unreadable)}")
+    return Verdict(True, "sources", ", ".join(str(path) for path in sources))
+
+
+def check_state_dir(state_dir: Path) -> Verdict:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / f".doctor-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        return Verdict(False, "state folder", f"{state_dir}: {error.strerror or error}")
+    return Verdict(True, "state folder", str(state_dir))
+
+
+def check_repository(open_repository: Callable[[], Repository], where: str) -> list[Verdict]:
+    """Reach the target and read the repository (a missing repository is fine: backup creates it)."""
+    try:
+        repository = open_repository()
+    except WatcherError as error:
+        if "no repository at" in str(error):
+            return [Verdict(True, "target", f"{where} reachable; no repository yet (the first backup creates it)")]
+        return [Verdict(False, "target", str(error))]
+    try:
+        count = len(repository.snapshot_ids())
+        detail = f"{count} snapshots, {len(repository.packs)} packs"
+        return [Verdict(True, "target", where), Verdict(True, "repository", detail)]
+    except WatcherError as error:
+        return [Verdict(True, "target", where), Verdict(False, "repository", str(error))]
+    finally:
+        repository.close()

@@ -1,0 +1,255 @@
+"""Restore a snapshot, or some of its paths, under a folder: every byte verified, nothing outside.
+
+Each entry is recreated at DIR joined with its absolute path (as restic does). Folders are
+opened one component at a time with O_NOFOLLOW relative to their parent's descriptor, so
+neither a crafted snapshot nor a symlink already in DIR can make a write land outside DIR.
+Files are written under a temporary name and renamed into place; files in DIR that the
+snapshot does not name are left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watcher.errors import IntegrityError, NotFoundError, SnapshotNotFoundError
+from watcher.pack import decode_blob
+from watcher.repository import Repository, pack_key
+from watcher.snapshot import Node, Snapshot
+
+log = logging.getLogger(__name__)
+
+PACK_CACHE_BYTES = 96 * 1024 * 1024
+WHOLE_PACK_FRACTION = 0.25
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class RestoreResult:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class RestoreProgress:
+    def start(self, total_bytes: int) -> None:
+        pass
+
+    def advance(self, size: int) -> None:
+        pass
+
+
+def _normalize(path: str) -> tuple[str, ...]:
+    return tuple(part for part in path.split("/") if part and part != ".")
+
+
+class _Selection:
+    """Which snapshot paths to restore: everything, or the given paths with their parents."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.wanted = [_normalize(path) for path in paths]
+        self.found: set[tuple[str, ...]] = set()
+
+    def includes(self, parts: tuple[str, ...]) -> bool:
+        if not self.wanted:
+            return True
+        for wanted in self.wanted:
+            if parts[: len(wanted)] == wanted:
+                self.found.add(wanted)
+                return True
+            if wanted[: len(parts)] == parts:
+                return True
+        return False
+
+    def missing(self) -> list[str]:
+        return ["/" + "/".join(parts) for parts in self.wanted if parts not in self.found]
+
+
+def _plan(repository: Repository, tree_id: str, selection: _Selection) -> list[tuple[tuple[str, ...], Node]]:
+    """Every selected entry in depth-first order, folders before what they hold."""
+    entries: list[tuple[tuple[str, ...], Node]] = []
+
+    def walk(tree: str, prefix: tuple[str, ...]) -> None:
+        for node in repository.load_tree(tree):
+            parts = (*prefix, node.name)
+            if not selection.includes(parts):
+                continue
+            entries.append((parts, node))
+            if node.kind == "dir" and node.subtree:
+                walk(node.subtree, parts)
+
+    walk(tree_id, ())
+    return entries
+
+
+class _BlobSource:
+    """Fetches data blobs: whole packs when much of them is needed, single ranges otherwise."""
+
+    def __init__(self, repository: Repository, needed: dict[str, int]) -> None:
+        self.repository = repository
+        self.needed = needed
+        self.packs: OrderedDict[str, bytes] = OrderedDict()
+        self.cached_bytes = 0
+
+    def get(self, blob_id: str) -> bytes:
+        entry = self.repository.blobs.get(blob_id)
+        if entry is None:
+            raise IntegrityError(f"blob {blob_id[:12]} is in no index")
+        data = self.packs.get(entry.pack)
+        if data is not None:
+            self.packs.move_to_end(entry.pack)
+        elif self.needed.get(entry.pack, 0) >= self.repository.packs.get(entry.pack, 1) * WHOLE_PACK_FRACTION:
+            data = self.repository.read_pack(entry.pack)
+            self.packs[entry.pack] = data
+            self.cached_bytes += len(data)
+            while self.cached_bytes > PACK_CACHE_BYTES and len(self.packs) > 1:
+                _, dropped = self.packs.popitem(last=False)
+                self.cached_bytes -= len(dropped)
+        else:
+            with self.repository.lock:
+                stored = self.repository.backend.read_range(pack_key(entry.pack), entry.offset, entry.length)
+            return decode_blob(stored, entry)
+        return decode_blob(data[entry.offset : entry.offset + entry.length], entry)
+
+
+class _Folders:
+    """Descriptors of the folders on the current path, opened without following links."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.stack: list[tuple[str, int]] = [("", os.open(root, DIR_FLAGS))]
+
+    def open(self, parts: tuple[str, ...]) -> int:
+        """The descriptor of folder `parts` (below the root), created if missing."""
+        depth = 0
+        while depth < len(parts) and depth + 1 < len(self.stack) and self.stack[depth + 1][0] == parts[depth]:
+            depth += 1
+        while len(self.stack) > depth + 1:
+            os.close(self.stack.pop()[1])
+        for name in parts[depth:]:
+            parent = self.stack[-1][1]
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                os.mkdir(name, 0o700, dir_fd=parent)
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+            self.stack.append((name, fd))
+        return self.stack[-1][1]
+
+    def close(self) -> None:
+        while self.stack:
+            os.close(self.stack.pop()[1])
+
+
+def _apply_metadata(fd: int, node: Node) -> None:
+    if os.geteuid() == 0:
+        os.fchown(fd, node.uid, node.gid)
+    os.fchmod(fd, node.mode)
+    os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+
+
+class _Restorer:
+    def __init__(self, repository: Repository, root: Path, progress: RestoreProgress) -> None:
+        self.repository = repository
+        self.folders = _Folders(root)
+        self.progress = progress
+        self.result = RestoreResult()
+
+    def restore_file(self, parent: int, node: Node, source: _BlobSource) -> None:
+        temp = f".{node.name[:200]}.watcher-restore-{secrets.token_hex(4)}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            written = 0
+            with os.fdopen(fd, "wb", closefd=False) as handle:
+                for blob_id in node.content:
+                    data = source.get(blob_id)
+                    handle.write(data)
+                    written += len(data)
+                    self.progress.advance(len(data))
+            if written != node.size:
+                raise IntegrityError(f"restored {written} bytes where the snapshot says {node.size}")
+            _apply_metadata(fd, node)
+            os.close(fd)
+            fd = -1
+            os.rename(temp, node.name, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=parent)
+            raise
+        self.result.files += 1
+        self.result.bytes += written
+
+    def restore_symlink(self, parent: int, node: Node) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(node.name, dir_fd=parent)
+        os.symlink(node.target or "", node.name, dir_fd=parent)
+        if os.geteuid() == 0:
+            os.chown(node.name, node.uid, node.gid, dir_fd=parent, follow_symlinks=False)
+        os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=parent, follow_symlinks=False)
+        self.result.symlinks += 1
+
+    def finish_dir(self, parts: tuple[str, ...], node: Node) -> None:
+        fd = self.folders.open(parts)
+        _apply_metadata(fd, node)
+        self.result.dirs += 1
+
+
+def run_restore(
+    repository: Repository,
+    snapshot: Snapshot,
+    target: Path,
+    paths: list[str] | None = None,
+    progress: RestoreProgress | None = None,
+) -> RestoreResult:
+    """Restore `snapshot` (all of it, or `paths`) under `target`; per-entry errors are collected."""
+    selection = _Selection(paths or [])
+    plan = _plan(repository, snapshot.tree, selection)
+    missing = selection.missing()
+    if missing:
+        raise SnapshotNotFoundError(f"not in snapshot {snapshot.id}: {', '.join(missing)}")
+    needed: dict[str, int] = {}
+    total = 0
+    for _parts, node in plan:
+        for blob_id in node.content:
+            entry = repository.blobs.get(blob_id)
+            if entry is not None:
+                needed[entry.pack] = needed.get(entry.pack, 0) + entry.length
+        total += node.size
+    progress = progress or RestoreProgress()
+    progress.start(total)
+    source = _BlobSource(repository, needed)
+    restorer = _Restorer(repository, target, progress)
+    try:
+        for parts, node in plan:
+            where = "/" + "/".join(parts)
+            try:
+                if node.kind == "dir":
+                    restorer.folders.open(parts)
+                    continue
+                parent = restorer.folders.open(parts[:-1])
+                if node.kind == "file":
+                    restorer.restore_file(parent, node, source)
+                else:
+                    restorer.restore_symlink(parent, node)
+            except (OSError, IntegrityError, NotFoundError) as error:
+                message = getattr(error, "strerror", None) or str(error)
+                restorer.result.errors.append(f"{where}: {message}")
+                log.error("cannot restore %s: %s", where, message)
+        for parts, node in reversed(plan):
+            if node.kind == "dir":
+                try:
+                    restorer.finish_dir(parts, node)
+                except OSError as error:
+                    restorer.result.errors.append(f"/{'/'.join(parts)}: {error.strerror or error}")
+    finally:
+        restorer.folders.close()
+    return restorer.result

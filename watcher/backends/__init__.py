@@ -1,0 +1,32 @@
+"""The scheme registry: a `Target` and its settings -> a concrete backend."""
+
+from __future__ import annotations
+
+from watcher.backends.base import Backend
+from watcher.config import Settings
+from watcher.errors import BackendConfigError
+
+
+def create_backend(settings: Settings) -> Backend:
+    """Build the backend for `settings.target`; it connects on `open()`, not here."""
+    target = settings.target
+    if target is None:
+        raise BackendConfigError("no target configured")
+    if target.scheme == "file":
+        from watcher.backends.local import LocalBackend
+
+        return LocalBackend(target.path)
+    if target.scheme == "sftp":
+        from watcher.backends.sftp import SftpBackend
+
+        return SftpBackend(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            key_file=settings.ssh_key,
+            known_hosts=settings.ssh_known_hosts,
+            host_key_policy=settings.ssh_host_key,
+            root=target.path,
+        )
+    raise BackendConfigError(f"{target.scheme}:// targets are not supported yet")

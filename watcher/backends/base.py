@@ -1,0 +1,136 @@
+"""The backend contract: bytes at keys on a dumb store.
+
+A backend is one connection to one place. It knows nothing of the repository format; the
+repository above it only ever sees keys. Each concrete backend translates its library's
+exceptions into `watcher.errors` in one place (its `translate` function), so the retrying
+wrapper can tell transient from permanent failures without guessing.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from watcher.errors import BackendConfigError, NotFoundError
+
+TEMP_MARKER = ".tmp-"
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe relative name, else raise.
+
+    Keys travel into paths and FTP commands: only `[A-Za-z0-9._-]` parts separated by `/`,
+    none empty, none starting with a dot, so no `..`, no CR/LF and no temporary names can
+    ever reach a server or come back from a listing.
+    """
+    parts = key.split("/")
+    if not key or any(not _PART.match(part) for part in parts) or TEMP_MARKER in key:
+        raise BackendConfigError(f"invalid object key {key!r}")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """A listing prefix is a key, or empty for everything."""
+    return validate_key(prefix) if prefix else prefix
+
+
+def temp_name(key: str) -> str:
+    """The name an upload is written under before it is renamed onto `key`.
+
+    It starts with a dot so it can never pass `validate_key`, hence is hidden from `list`.
+    """
+    head, _, name = key.rpartition("/")
+    temp = f".{name}{TEMP_MARKER}{secrets.token_hex(6)}"
+    return f"{head}/{temp}" if head else temp
+
+
+class Backend(ABC):
+    """One connection to a store of objects under relative keys.
+
+    Every method may raise a `BackendError`; those carrying `TransientError` may be retried
+    after `reconnect()`. Methods other than `close` open the connection on first use.
+    """
+
+    scheme: str = ""
+
+    @abstractmethod
+    def open(self) -> None:
+        """Connect and log in; idempotent. Raises AuthError, TrustError, ConnectionLostError."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection. Never raises: it runs in `finally` blocks."""
+
+    def reconnect(self) -> None:
+        """Drop and reopen the connection; called before each retry of a failed operation."""
+        self.close()
+        self.open()
+
+    @abstractmethod
+    def put(self, key: str, source: BinaryIO) -> None:
+        """Store the bytes of `source` (read to its end) under `key`.
+
+        Writes a temporary name and renames it onto `key`, so a partial upload is never
+        visible under `key`; replaces an existing object; creates missing folders.
+        """
+
+    @abstractmethod
+    def get(self, key: str, sink: BinaryIO) -> None:
+        """Write the whole object into `sink`. Raises NotFoundError when absent."""
+
+    @abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return `length` bytes from `offset`. Raises NotFoundError; short data is an error."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Size of the object. Raises NotFoundError when absent."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under the folder `prefix`, recursively, sorted by key.
+
+        Temporary names are hidden; a missing prefix yields nothing.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object. Raises NotFoundError when absent."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this backend points, without credentials, for logs and mails."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFoundError:
+            return False
+        return True
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.put(key, io.BytesIO(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        sink = io.BytesIO()
+        self.get(key, sink)
+        return sink.getvalue()
+
+    def __enter__(self) -> Backend:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,139 @@
+"""A folder on a local or mounted file system."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from watcher.backends.base import (
+    Backend,
+    ObjectInfo,
+    temp_name,
+    validate_key,
+    validate_prefix,
+)
+from watcher.errors import (
+    BackendError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageFullError,
+)
+
+_COPY_BUFFER = 1 << 20
+
+
+def translate(error: OSError, what: str) -> BackendError:
+    """The one table from `OSError` to our errors; unknown errnos stay unmarked (not retried)."""
+    if isinstance(error, FileNotFoundError):
+        return NotFoundError(f"{what}: not found")
+    if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+        return PermissionDeniedError(f"{what}: permission denied")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(f"{what}: no space left on the target")
+    return BackendError(f"{what}: {error.strerror or error}")
+
+
+class LocalBackend(Backend):
+    scheme = "file"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def open(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise translate(error, str(self.root)) from error
+
+    def close(self) -> None:
+        pass
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def put(self, key: str, source: BinaryIO) -> None:
+        path = self._path(key)
+        temp = self.root / temp_name(key)
+        try:
+            if not temp.parent.is_dir():
+                temp.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as target:
+                shutil.copyfileobj(source, target, _COPY_BUFFER)
+                target.flush()
+                os.fsync(target.fileno())
+            os.replace(temp, path)
+            _fsync_dir(path.parent)
+        except OSError as error:
+            _remove_quietly(temp)
+            raise translate(error, key) from error
+        except BaseException:
+            _remove_quietly(temp)
+            raise
+
+    def get(self, key: str, sink: BinaryIO) -> None:
+        try:
+            with open(self._path(key), "rb") as source:
+                shutil.copyfileobj(source, sink, _COPY_BUFFER)
+        except OSError as error:
+            raise translate(error, key) from error
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as source:
+                data = os.pread(source.fileno(), length, offset)
+        except OSError as error:
+            raise translate(error, key) from error
+        if len(data) != length:
+            raise NotFoundError(f"{key}: range {offset}+{length} beyond the end")
+        return data
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            return ObjectInfo(key, self._path(key).stat().st_size)
+        except OSError as error:
+            raise translate(error, key) from error
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.root / validate_prefix(prefix) if prefix else self.root
+        found: list[ObjectInfo] = []
+        try:
+            for folder, _dirs, files in os.walk(base):
+                relative = os.path.relpath(folder, self.root)
+                for name in files:
+                    key = name if relative == "." else f"{relative}/{name}"
+                    try:
+                        validate_key(key)
+                    except BackendError:
+                        continue  # temporary or foreign file
+                    found.append(ObjectInfo(key, os.stat(os.path.join(folder, name)).st_size))
+        except OSError as error:
+            raise translate(error, prefix or ".") from error
+        yield from sorted(found, key=lambda info: info.key)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except OSError as error:
+            raise translate(error, key) from error
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        return

@@ -1,0 +1,272 @@
+"""The command line: parse, load the configuration, run one action, print, pick the exit status.
+
+This is the only module that prints for the user or decides an exit status; `main` returns
+the status instead of exiting, so tests run the real CLI in process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from watcher import __version__
+from watcher.actions.backup import BackupOptions, run_backup
+from watcher.actions.check import run_check
+from watcher.actions.doctor import Verdict, check_repository, check_sources, check_state_dir
+from watcher.actions.listing import diff_snapshots, list_entries, snapshot_as_json
+from watcher.actions.restore import run_restore
+from watcher.backends import create_backend
+from watcher.config import Settings, load_settings, read_environment
+from watcher.errors import ConfigError, ExitCode, WatcherError
+from watcher.logs import redact, setup_console
+from watcher.repository import Repository
+from watcher.retry import RetryingBackend
+
+log = logging.getLogger("watcher")
+
+
+def _size(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value} B"  # pragma: no cover
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="watcher",
+        description="Versioned, deduplicated backups of watched folders to FTP, FTPS, SFTP or a local folder.",
+    )
+    parser.add_argument("--version", action="version", version=f"watcher {__version__}")
+    parser.add_argument("--env-file", metavar="PATH", help="read variables from PATH instead of ./.env")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("backup", help="run one backup now",
+                        description="Back up BACKUP_SOURCES to BACKUP_TARGET now. Exit status: 0 ok, "
+                                    "1 failed, 3 done with warnings (some files could not be read).")
+    snapshots = commands.add_parser("snapshots", help="list the snapshots, oldest first")
+    snapshots.add_argument("--json", action="store_true", help="print JSON")
+    ls = commands.add_parser("ls", help="list the entries of a snapshot")
+    ls.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
+    ls.add_argument("path", nargs="?", default="/", help="absolute path inside the snapshot (default: all)")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    diff = commands.add_parser("diff", help="paths added, removed and changed between two snapshots")
+    diff.add_argument("first")
+    diff.add_argument("second")
+    restore = commands.add_parser("restore", help="restore a snapshot, or some paths of it, under a folder",
+                                  description="Each entry is restored at DIR joined with its absolute path; "
+                                              "every byte is verified; nothing is written outside DIR.")
+    restore.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
+    restore.add_argument("--to", required=True, metavar="DIR", type=Path, help="folder to restore into")
+    restore.add_argument("paths", nargs="*", metavar="PATH", help="absolute paths inside the snapshot")
+    check = commands.add_parser("check", help="verify the repository (exit 1 when damaged)")
+    check.add_argument("--read-data", action="store_true", help="also download and verify every stored byte")
+    commands.add_parser("doctor", help="check configuration, target and local state, one line per check")
+    return parser
+
+
+class Context:
+    """What a command needs: settings, and a way to open the repository (once)."""
+
+    def __init__(self, settings: Settings, out: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.out = out
+        self.repository: Repository | None = None
+
+    def open_repository(self, *, create: bool = False) -> Repository:
+        backend = RetryingBackend(create_backend(self.settings))
+        repository = Repository(backend, self.settings.state_dir)
+        try:
+            backend.open()
+            repository.open(create=create)
+            repository.load_index()
+        except BaseException:
+            repository.close()
+            raise
+        self.repository = repository
+        return repository
+
+    def close(self) -> None:
+        if self.repository is not None:
+            self.repository.close()
+
+
+def _never_back_up(settings: Settings) -> tuple[str, ...]:
+    paths = [str(settings.state_dir)]
+    if settings.target is not None and settings.target.scheme == "file":
+        paths.append(settings.target.path)
+    return tuple(paths)
+
+
+def cmd_backup(context: Context, args: argparse.Namespace) -> int:
+    from watcher import progress
+
+    settings = context.settings
+    repository = context.open_repository(create=True)
+    bar = progress.BackupBar() if progress.wanted() else None
+    try:
+        options = BackupOptions(settings.sources, settings.exclude, settings.host, _never_back_up(settings))
+        result = run_backup(repository, options, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = result.summary
+    counts = (f"{summary.files} files ({summary.new} new, {summary.changed} changed, "
+              f"{summary.unchanged} unchanged, {summary.removed} removed)")
+    if result.snapshot is None:
+        context.out(f"no change since snapshot {result.parent.id if result.parent else '?'}: no snapshot added; "
+                    f"{counts}, in {summary.duration_seconds:.1f} s")
+    else:
+        context.out(f"snapshot {result.snapshot.id} saved: {counts}, {_size(summary.bytes_read)} read, "
+                    f"{_size(summary.bytes_added)} added, in {summary.duration_seconds:.1f} s")
+    if result.warnings:
+        context.out(f"{len(result.warnings)} warnings: some files could not be read (see the log above)")
+        return ExitCode.WARNINGS
+    return ExitCode.OK
+
+
+def cmd_snapshots(context: Context, args: argparse.Namespace) -> int:
+    snapshots = context.open_repository().list_snapshots()
+    if args.json:
+        context.out(json.dumps([snapshot_as_json(snapshot) for snapshot in snapshots], indent=1))
+        return ExitCode.OK
+    context.out(f"{'ID':<25} {'TIME (UTC)':<20} {'HOST':<16} {'FILES':>8} {'SIZE':>11} {'ADDED':>11}")
+    for snapshot in snapshots:
+        summary = snapshot.summary
+        context.out(f"{snapshot.id:<25} {snapshot.time_text:<20} {snapshot.host[:16]:<16} {summary.files:>8} "
+                    f"{_size(summary.bytes):>11} {_size(summary.bytes_added):>11}")
+    context.out(f"{len(snapshots)} snapshots")
+    return ExitCode.OK
+
+
+def cmd_ls(context: Context, args: argparse.Namespace) -> int:
+    repository = context.open_repository()
+    snapshot = repository.find_snapshot(args.snapshot)
+    entries = list_entries(repository, snapshot, args.path)
+    if args.json:
+        context.out(json.dumps([entry.as_json() for entry in entries], indent=1))
+    else:
+        for entry in entries:
+            context.out(entry.as_line())
+    return ExitCode.OK
+
+
+def cmd_diff(context: Context, args: argparse.Namespace) -> int:
+    repository = context.open_repository()
+    first, second = repository.find_snapshot(args.first), repository.find_snapshot(args.second)
+    difference = diff_snapshots(repository, first, second)
+    for mark, paths in (("+", difference.added), ("-", difference.removed), ("M", difference.changed)):
+        for path in sorted(paths):
+            context.out(f"{mark} {path}")
+    context.out(f"{len(difference.added)} added, {len(difference.removed)} removed, "
+                f"{len(difference.changed)} changed")
+    return ExitCode.OK
+
+
+def cmd_restore(context: Context, args: argparse.Namespace) -> int:
+    from watcher import progress
+
+    repository = context.open_repository()
+    snapshot = repository.find_snapshot(args.snapshot)
+    bar = progress.RestoreBar() if progress.wanted() else None
+    try:
+        result = run_restore(repository, snapshot, args.to.absolute(), args.paths, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    context.out(f"restored snapshot {snapshot.id} into {args.to}: {result.files} files, {result.dirs} folders, "
+                f"{result.symlinks} links, {_size(result.bytes)} (every byte verified)")
+    if result.errors:
+        for error in result.errors:
+            context.out(f"failed: {error}")
+        context.out(f"{len(result.errors)} entries could not be restored")
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+def cmd_check(context: Context, args: argparse.Namespace) -> int:
+    repository = context.open_repository()
+    result = run_check(repository, read_data=args.read_data)
+    detail = f"{result.snapshots} snapshots, {result.packs} packs"
+    if args.read_data:
+        detail += f", {result.blobs} blobs and {_size(result.bytes_read)} read and verified"
+    if result.unindexed_packs:
+        detail += f"; {result.unindexed_packs} packs left by interrupted runs (harmless)"
+    if result.sound:
+        context.out(f"repository sound: {detail}")
+        return ExitCode.OK
+    for problem in result.problems:
+        context.out(f"damaged: {problem}")
+    context.out(f"repository damaged: {len(result.problems)} problems ({detail})")
+    return ExitCode.FAILED
+
+
+def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
+    settings = context.settings
+    verdicts = [Verdict(True, "configuration", "all variables valid"), check_sources(settings.sources),
+                check_state_dir(settings.state_dir)]
+    where = settings.target.describe() if settings.target else "?"
+    verdicts += check_repository(context.open_repository, where)
+    if settings.target and settings.target.scheme == "ftp":
+        verdicts.append(Verdict(True, "encryption", "plain FTP: transfers are not encrypted"))
+    for verdict in verdicts:
+        mark = {True: "ok  ", False: "FAIL", None: "--  "}[verdict.ok]
+        context.out(f"{mark} {verdict.name}: {verdict.detail}")
+    return ExitCode.OK if all(verdict.ok is not False for verdict in verdicts) else ExitCode.FAILED
+
+
+COMMANDS: dict[str, tuple[Callable[[Context, argparse.Namespace], int], bool]] = {
+    # name: (function, needs the sources)
+    "backup": (cmd_backup, True),
+    "snapshots": (cmd_snapshots, False),
+    "ls": (cmd_ls, False),
+    "diff": (cmd_diff, False),
+    "restore": (cmd_restore, False),
+    "check": (cmd_check, False),
+    "doctor": (cmd_doctor, True),
+}
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; return its exit status. Only expected failures print one line."""
+    args = _parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    secrets: list[str] = []
+
+    def err(message: str) -> None:
+        print(redact(message, secrets), file=sys.stderr)
+
+    def out(message: str) -> None:
+        print(redact(message, secrets), flush=True)
+
+    try:
+        env = read_environment(environ, args.env_file, Path.cwd())
+        command, needs_sources = COMMANDS[args.command]
+        settings = load_settings(env, need_sources=needs_sources)
+    except ConfigError as error:
+        for problem in error.problems:
+            err(f"error: {problem}")
+        return ExitCode.CONFIG
+    secrets.extend(settings.secrets())
+    setup_console(logging.DEBUG if args.verbose else logging.WARNING, secrets)
+    context = Context(settings, out)
+    try:
+        return command(context, args)
+    except WatcherError as error:
+        err(f"error: {error}")
+        return error.exit_code
+    except KeyboardInterrupt:
+        err("error: interrupted")
+        return ExitCode.INTERRUPTED
+    finally:
+        context.close()
+
+
+def run() -> None:
+    sys.exit(main())

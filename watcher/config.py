@@ -1,0 +1,332 @@
+"""Environment, `.env` and `*_FILE` secrets -> one frozen, validated `Settings`.
+
+Every variable of SPEC.md is parsed here, including those used by later features, and every
+problem is collected before raising, so a user fixes a bad configuration in one pass.
+Secrets never appear in `repr()`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from dotenv import dotenv_values
+
+from watcher.errors import ConfigError
+
+SECRETS = ("BACKUP_TARGET_PASSWORD", "SMTP_PASSWORD")
+SCHEMES = {"file": None, "sftp": 22, "ftp": 21, "ftps": 21}
+KEEP_PERIODS = ("LAST", "HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed `BACKUP_TARGET`; `password` comes from the URL or `BACKUP_TARGET_PASSWORD`."""
+
+    scheme: str
+    path: str
+    host: str = ""
+    port: int = 0
+    user: str = ""
+    password: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """The target as a URL without any password."""
+        if self.scheme == "file":
+            return f"file://{self.path}"
+        port = "" if self.port == SCHEMES[self.scheme] else f":{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{self.user}@{host}{port}{self.path}"
+
+
+@dataclass(frozen=True)
+class Retention:
+    last: int | None = None
+    hourly: int | None = None
+    daily: int | None = None
+    weekly: int | None = None
+    monthly: int | None = None
+    yearly: int | None = None
+
+    def is_set(self) -> bool:
+        return any(value is not None for value in vars(self).values())
+
+
+@dataclass(frozen=True)
+class Settings:
+    target: Target | None
+    sources: tuple[Path, ...] = ()
+    exclude: tuple[str, ...] = ()
+    ssh_key: Path | None = None
+    ssh_known_hosts: Path = field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
+    ssh_host_key: str = "strict"
+    tls_ca_file: Path | None = None
+    tls_verify: bool = True
+    debounce_seconds: float = 5.0
+    max_delay_seconds: float = 60.0
+    rescan_seconds: float = 3600.0
+    watch_mode: str = "auto"
+    retries: int = 5
+    retry_max_seconds: float = 300.0
+    retention: Retention = field(default_factory=Retention)
+    health_max_age_seconds: float = 7200.0
+    host: str = field(default_factory=socket.gethostname)
+    state_dir: Path = field(default_factory=lambda: Path("~/.local/state/watcher").expanduser())
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_tls_ca_file: Path | None = None
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    mail_from: str | None = None
+    mail_to: tuple[str, ...] = ()
+    mail_on: str = "failure"
+
+    def secrets(self) -> list[str]:
+        """Every secret value in force, for the log and output redaction filters."""
+        values = [self.smtp_password, self.target.password if self.target else None]
+        return [value for value in values if value]
+
+
+def read_environment(environ: Mapping[str, str], env_file: str | None, cwd: Path) -> dict[str, str]:
+    """The real environment over the `.env` file (or `--env-file`), which it always wins against."""
+    merged: dict[str, str] = {}
+    path = Path(env_file) if env_file else cwd / ".env"
+    if env_file and not path.is_file():
+        raise ConfigError([f"--env-file: {env_file} is not a readable file"])
+    if path.is_file():
+        try:
+            values = dotenv_values(path)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError([f"--env-file: cannot read {path}: {error}"]) from error
+        merged.update({key: value for key, value in values.items() if value is not None})
+    merged.update(environ)
+    return merged
+
+
+class _Parser:
+    """Reads variables one by one, collecting problems instead of raising at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def fail(self, name: str, message: str) -> None:
+        self.problems.append(f"{name}: {message}")
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def secret(self, name: str) -> str | None:
+        file_name = f"{name}_FILE"
+        if self.text(name) and self.text(file_name):
+            self.fail(name, f"set either {name} or {file_name}, not both")
+            return None
+        path = self.text(file_name)
+        if path is None:
+            return self.env.get(name) or None
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as error:
+            self.fail(file_name, f"cannot read {path}: {getattr(error, 'strerror', None) or error}")
+            return None
+
+    def number(self, name: str, default: float, *, integer: bool = False, minimum: float = 0) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            self.fail(name, f"{raw!r} is not {kind}")
+            return default
+        if value < minimum or value != value or value in (float("inf"), float("-inf")):
+            self.fail(name, f"{raw!r} must be at least {minimum:g}")
+            return default
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() not in choices:
+            self.fail(name, f"{raw!r} is not one of {', '.join(choices)}")
+            return default
+        return raw.lower()
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("true", "yes", "1", "on"):
+            return True
+        if raw.lower() in ("false", "no", "0", "off"):
+            return False
+        self.fail(name, f"{raw!r} is not true or false")
+        return default
+
+    def readable_file(self, name: str) -> Path | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        path = Path(raw).expanduser()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            self.fail(name, f"{raw} is not a readable file")
+            return None
+        return path
+
+    def items(self, name: str) -> tuple[str, ...]:
+        raw = self.env.get(name, "")
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _parse_target(parser: _Parser) -> Target | None:
+    name = "BACKUP_TARGET"
+    raw = parser.text(name)
+    if raw is None:
+        return None
+    shown = raw.split("://", 1)[0] + "://…" if "@" in raw else raw
+    url = urlsplit(raw)
+    scheme = url.scheme.lower()
+    if scheme not in SCHEMES:
+        parser.fail(name, f"unknown scheme in {shown!r} (use file://, sftp://, ftp:// or ftps://)")
+        return None
+    path = unquote(url.path)
+    if url.query or url.fragment:
+        parser.fail(name, "a target URL takes no '?' or '#' part")
+        return None
+    if not path.startswith("/"):
+        parser.fail(name, f"{scheme}:// target needs an absolute path ({scheme}://…/abs/path)")
+        return None
+    if scheme == "file":
+        if url.netloc not in ("", "localhost"):
+            parser.fail(name, "a file:// target is file:///absolute/path (no host)")
+            return None
+        return Target(scheme, os.path.normpath(path))
+    try:
+        port = url.port or SCHEMES[scheme]
+    except ValueError:
+        parser.fail(name, f"invalid port in {scheme}:// target")
+        return None
+    if not url.hostname:
+        parser.fail(name, f"{scheme}:// target needs a host ({scheme}://user@host/path)")
+        return None
+    if not url.username:
+        parser.fail(name, f"{scheme}:// target needs a user name ({scheme}://user@host/path)")
+        return None
+    password = unquote(url.password) if url.password else None
+    normalized = "/" + "/".join(part for part in path.split("/") if part)
+    if any(part in (".", "..") for part in normalized.split("/")):
+        parser.fail(name, "the target path may not contain '.' or '..'")
+        return None
+    return Target(scheme, normalized, url.hostname, port, unquote(url.username), password)
+
+
+def _parse_sources(parser: _Parser, required: bool) -> tuple[Path, ...]:
+    name = "BACKUP_SOURCES"
+    items = parser.items(name)
+    if not items:
+        if required:
+            parser.fail(name, "required: comma-separated absolute folders to back up")
+        return ()
+    sources: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if not path.is_absolute():
+            parser.fail(name, f"{item} is not an absolute path")
+        elif required and not path.is_dir():
+            parser.fail(name, f"{item} is not an existing folder")
+        else:
+            sources.append(Path(os.path.normpath(path)))
+    for one in sources:
+        for other in sources:
+            if one != other and one.is_relative_to(other):
+                parser.fail(name, f"{one} is inside {other}; list each folder once")
+    return tuple(dict.fromkeys(sources))
+
+
+def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_target: bool = True) -> Settings:
+    """Parse and validate every variable; raise ConfigError listing all problems.
+
+    `need_sources` is set by the commands that read the sources (backup, run, doctor); the
+    others work with the target alone, so a fresh machine can list and restore.
+    """
+    parser = _Parser(env)
+    password = parser.secret("BACKUP_TARGET_PASSWORD")
+    target = _parse_target(parser)
+    if target is None and need_target and not any(p.startswith("BACKUP_TARGET:") for p in parser.problems):
+        parser.fail("BACKUP_TARGET", "required: file:///path, sftp://user@host/path, ftp://… or ftps://…")
+    if target is not None and password is not None:
+        target = Target(target.scheme, target.path, target.host, target.port, target.user, password)
+    retention = Retention(
+        **{
+            period.lower(): (
+                None
+                if parser.text(f"BACKUP_KEEP_{period}") is None
+                else int(parser.number(f"BACKUP_KEEP_{period}", 0, integer=True))
+            )
+            for period in KEEP_PERIODS
+        }
+    )
+    smtp_host = parser.text("SMTP_HOST")
+    smtp_user = parser.text("SMTP_USER")
+    mail_to = parser.items("MAIL_TO")
+    mail_from = parser.text("MAIL_FROM") or smtp_user
+    if smtp_host and not mail_to:
+        parser.fail("MAIL_TO", "required when SMTP_HOST is set")
+    if smtp_host and not mail_from:
+        parser.fail("MAIL_FROM", "required when SMTP_HOST is set and SMTP_USER is not")
+    for address in (*mail_to, *([mail_from] if mail_from else [])):
+        if "@" not in address or any(c in address for c in "\r\n<> "):
+            parser.fail("MAIL_TO" if address in mail_to else "MAIL_FROM", f"{address!r} is not a mail address")
+    known_hosts = parser.text("BACKUP_SSH_KNOWN_HOSTS")
+    state_dir = parser.text("BACKUP_STATE_DIR")
+    settings = Settings(
+        target=target,
+        sources=_parse_sources(parser, need_sources),
+        exclude=parser.items("BACKUP_EXCLUDE"),
+        ssh_key=parser.readable_file("BACKUP_SSH_KEY"),
+        ssh_known_hosts=Path(known_hosts or "~/.ssh/known_hosts").expanduser(),
+        ssh_host_key=parser.choice("BACKUP_SSH_HOST_KEY", "strict", ("strict", "accept-new")),
+        tls_ca_file=parser.readable_file("BACKUP_TLS_CA_FILE"),
+        tls_verify=parser.boolean("BACKUP_TLS_VERIFY", True),
+        debounce_seconds=parser.number("BACKUP_DEBOUNCE_SECONDS", 5.0),
+        max_delay_seconds=parser.number("BACKUP_MAX_DELAY_SECONDS", 60.0),
+        rescan_seconds=parser.number("BACKUP_RESCAN_SECONDS", 3600.0),
+        watch_mode=parser.choice("BACKUP_WATCH_MODE", "auto", ("auto", "events", "poll")),
+        retries=int(parser.number("BACKUP_RETRIES", 5, integer=True, minimum=1)),
+        retry_max_seconds=parser.number("BACKUP_RETRY_MAX_SECONDS", 300.0),
+        retention=retention,
+        health_max_age_seconds=parser.number("BACKUP_HEALTH_MAX_AGE_SECONDS", 7200.0, minimum=1),
+        host=parser.text("BACKUP_HOST") or socket.gethostname(),
+        state_dir=Path(state_dir).expanduser() if state_dir else _default_state_dir(env),
+        smtp_host=smtp_host,
+        smtp_port=int(parser.number("SMTP_PORT", 587, integer=True, minimum=1)),
+        smtp_security=parser.choice("SMTP_SECURITY", "starttls", ("starttls", "tls", "none")),
+        smtp_tls_ca_file=parser.readable_file("SMTP_TLS_CA_FILE"),
+        smtp_user=smtp_user,
+        smtp_password=parser.secret("SMTP_PASSWORD"),
+        mail_from=mail_from,
+        mail_to=mail_to,
+        mail_on=parser.choice("MAIL_ON", "failure", ("failure", "always", "never")),
+    )
+    if settings.smtp_port > 65535:
+        parser.fail("SMTP_PORT", f"{settings.smtp_port} is not a port number")
+    if state_dir and not Path(state_dir).expanduser().is_absolute():
+        parser.fail("BACKUP_STATE_DIR", f"{state_dir} is not an absolute path")
+    if settings.max_delay_seconds < settings.debounce_seconds:
+        parser.fail("BACKUP_MAX_DELAY_SECONDS", "must be at least BACKUP_DEBOUNCE_SECONDS")
+    if parser.problems:
+        raise ConfigError(parser.problems)
+    return settings
+
+
+def _default_state_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_STATE_HOME") or os.path.join(env.get("HOME") or str(Path.home()), ".local", "state")
+    return Path(base) / "watcher"

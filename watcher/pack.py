@@ -1,0 +1,106 @@
+"""Packs: many blobs in one stored object, self-describing (pure: no I/O).
+
+Thousands of small files must not cost thousands of uploads, so blobs (file chunks and
+trees) are appended to a pack of about `PACK_TARGET` bytes, uploaded once. The pack ends with
+its own header, so the index can always be rebuilt from the packs alone:
+
+    blob bytes ... | header (JSON, UTF-8) | header length (u32 LE) | MAGIC (8 bytes)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+
+from watcher.errors import IntegrityError
+
+MAGIC = b"WPACK001"
+TRAILER = struct.Struct("<I8s")
+PACK_TARGET = 16 * 1024 * 1024
+ENCODINGS = ("raw", "zlib")
+BLOB_TYPES = ("data", "tree")
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    """Where a blob lives: `length` stored bytes at `offset` of pack `pack`."""
+
+    id: str
+    type: str
+    encoding: str
+    offset: int
+    length: int
+    pack: str = ""
+
+    def as_row(self) -> list[object]:
+        return [self.id, self.type, self.encoding, self.offset, self.length]
+
+    @classmethod
+    def from_row(cls, row: list[object], pack: str) -> BlobEntry:
+        blob_id, blob_type, encoding, offset, length = row
+        if blob_type not in BLOB_TYPES or encoding not in ENCODINGS:
+            raise ValueError(f"unknown blob type or encoding in {row!r}")
+        return cls(str(blob_id), str(blob_type), str(encoding), int(offset), int(length), pack)  # type: ignore[arg-type]
+
+
+def encode_blob(data: bytes | memoryview, encoding: str) -> bytes:
+    return zlib.compress(data, 6) if encoding == "zlib" else bytes(data)
+
+
+def decode_blob(stored: bytes, entry: BlobEntry) -> bytes:
+    """The blob's content, verified against its id: every byte read back is checked."""
+    try:
+        data = zlib.decompress(stored) if entry.encoding == "zlib" else stored
+    except zlib.error as error:
+        raise IntegrityError(f"blob {entry.id[:12]} in pack {entry.pack[:12]} is corrupt: {error}") from error
+    if hashlib.sha256(data).hexdigest() != entry.id:
+        raise IntegrityError(f"blob {entry.id[:12]} in pack {entry.pack[:12]} does not match its hash")
+    return data
+
+
+class PackBuilder:
+    """Accumulates encoded blobs; `finish()` returns the pack's bytes and its entries."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.entries: list[BlobEntry] = []
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def add(self, blob_id: str, blob_type: str, encoding: str, stored: bytes) -> None:
+        self.entries.append(BlobEntry(blob_id, blob_type, encoding, len(self.buffer), len(stored)))
+        self.buffer += stored
+
+    def finish(self) -> tuple[str, bytes, list[BlobEntry]]:
+        header = json.dumps({"version": 1, "blobs": [e.as_row() for e in self.entries]}, separators=(",", ":"))
+        encoded = header.encode()
+        self.buffer += encoded + TRAILER.pack(len(encoded), MAGIC)
+        data = bytes(self.buffer)
+        pack_id = hashlib.sha256(data).hexdigest()
+        entries = [BlobEntry(e.id, e.type, e.encoding, e.offset, e.length, pack_id) for e in self.entries]
+        return pack_id, data, entries
+
+
+def parse_header(pack_id: str, data: bytes) -> list[BlobEntry]:
+    """Read the header at the end of a whole pack and check it describes the pack."""
+    try:
+        if len(data) < TRAILER.size:
+            raise ValueError("too short")
+        length, magic = TRAILER.unpack(data[-TRAILER.size :])
+        if magic != MAGIC:
+            raise ValueError("bad magic")
+        start = len(data) - TRAILER.size - length
+        if start < 0:
+            raise ValueError("header longer than the pack")
+        document = json.loads(data[start : len(data) - TRAILER.size])
+        entries = [BlobEntry.from_row(row, pack_id) for row in document["blobs"]]
+    except (ValueError, KeyError, TypeError, struct.error) as error:
+        raise IntegrityError(f"pack {pack_id[:12]} has an unreadable header: {error}") from error
+    for entry in entries:
+        if entry.offset < 0 or entry.offset + entry.length > start:
+            raise IntegrityError(f"pack {pack_id[:12]} header points outside its data")
+    return entries

@@ -1,0 +1,103 @@
+"""Operation-level retries: one tenacity policy, one wrapper around any backend.
+
+Only errors marked `TransientError` are retried; before each new attempt the connection is
+reopened and the data source rewound (or the sink emptied), so a retried upload never
+appends to a half-written one. A stop event cuts any back-off short (SIGTERM never waits).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from watcher.backends.base import Backend, ObjectInfo
+from watcher.errors import InterruptedRunError, is_transient
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    initial_seconds: float = 1.0
+    max_seconds: float = 20.0
+
+
+class RetryingBackend(Backend):
+    """Wraps a backend; every method but `close` is retried on transient errors."""
+
+    def __init__(self, inner: Backend, policy: RetryPolicy | None = None, stop: threading.Event | None = None):
+        self.inner = inner
+        self.scheme = inner.scheme
+        self.policy = policy or RetryPolicy()
+        self.stop = stop or threading.Event()
+
+    def _sleep(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise InterruptedRunError("stopped while waiting to retry")
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("%s failed (%s); attempt %d of %d in %.1f s", self.inner.describe(), error,
+                    state.attempt_number + 1, self.policy.attempts, state.upcoming_sleep)
+
+    def _call(self, operation: Callable[[], T], reset: Callable[[], None] | None = None) -> T:
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.policy.attempts),
+            wait=wait_exponential_jitter(self.policy.initial_seconds, self.policy.max_seconds),
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    if reset is not None:
+                        reset()
+                    self.inner.reconnect()
+                return operation()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def open(self) -> None:
+        self._call(self.inner.open)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def reconnect(self) -> None:
+        self._call(self.inner.reconnect)
+
+    def put(self, key: str, source: BinaryIO) -> None:
+        start = source.tell()
+        self._call(lambda: self.inner.put(key, source), lambda: source.seek(start))
+
+    def get(self, key: str, sink: BinaryIO) -> None:
+        start = sink.tell()
+
+        def reset() -> None:
+            sink.seek(start)
+            sink.truncate()
+
+        self._call(lambda: self.inner.get(key, sink), reset)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        return self._call(lambda: self.inner.read_range(key, offset, length))
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self._call(lambda: self.inner.stat(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(self._call(lambda: list(self.inner.list(prefix))))
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self.inner.delete(key))
+
+    def describe(self) -> str:
+        return self.inner.describe()

@@ -1,0 +1,102 @@
+"""Reading the sources: exclusion patterns, and files cut into content-defined chunks.
+
+Chunk boundaries depend on content (FastCDC), not on offsets, so inserting bytes into a large
+file changes only the chunks around the insertion, and everything after it deduplicates.
+Files are streamed: memory stays flat whatever their size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import pathspec
+from pyfastcdc import FastCDC
+
+from watcher.cache import FileState
+
+READ_ATTEMPTS = 3
+StoreChunk = Callable[[str, "memoryview | bytes"], None]
+
+
+class Excluder:
+    """gitignore-style patterns, matched against paths relative to each source folder.
+
+    `always` holds absolute paths never to back up whatever the patterns say (the local
+    repository and the state folder when they sit inside a source).
+    """
+
+    def __init__(self, patterns: Iterable[str], always: Iterable[str] = ()) -> None:
+        self.spec = pathspec.GitIgnoreSpec.from_lines(list(patterns))
+        self.always = {os.path.normpath(path) for path in always}
+        self.active = bool(self.spec.patterns) or bool(self.always)
+
+    def excluded(self, absolute: str, relative: str, is_dir: bool) -> bool:
+        if not self.active:
+            return False
+        if absolute in self.always:
+            return True
+        return self.spec.match_file(relative + "/" if is_dir else relative)
+
+
+def file_state(st: os.stat_result) -> FileState:
+    return FileState(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+@dataclass
+class ReadResult:
+    """A file read in full whose state did not change while it was read."""
+
+    stat: os.stat_result
+    chunks: list[str]
+
+
+class ChangedWhileReading(Exception):
+    """The file kept changing under every attempt to read it."""
+
+
+class ChunkReader:
+    """Reads a file into content-defined chunks; one per thread (FastCDC keeps state)."""
+
+    def __init__(self, min_size: int, avg_size: int, max_size: int, normalization: int, seed: int) -> None:
+        self.small = min_size
+        self.cdc = FastCDC(
+            avg_size, min_size=min_size, max_size=max_size, normalized_chunking=normalization, seed=seed
+        )
+
+    def _pieces(self, handle: object, size: int) -> Iterator[memoryview | bytes]:
+        if size <= self.small:
+            data = handle.read()  # type: ignore[attr-defined]
+            if data:
+                yield data
+            return
+        for chunk in self.cdc.cut_stream(handle):  # type: ignore[arg-type]
+            yield chunk.data
+
+    def read(self, path: str, store: StoreChunk) -> ReadResult:
+        """Chunk `path`, handing each chunk to `store`; re-read if the file changes meanwhile.
+
+        Raises OSError when the file cannot be opened or read, ChangedWhileReading when it
+        never stays still for a whole read.
+        """
+        for _attempt in range(READ_ATTEMPTS):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb", buffering=0) as handle:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    raise ChangedWhileReading("is no longer a regular file")
+                chunks: list[str] = []
+                total = 0
+                for piece in self._pieces(handle, before.st_size):
+                    chunk_id = hashlib.sha256(piece).hexdigest()
+                    store(chunk_id, piece)
+                    chunks.append(chunk_id)
+                    total += len(piece)
+                after = os.fstat(fd)
+            if file_state(before) == file_state(after) and total == after.st_size:
+                return ReadResult(after, chunks)
+        raise ChangedWhileReading(f"changed while being read ({READ_ATTEMPTS} attempts)")
+
