@@ -5,6 +5,8 @@ One SQLite file per repository in `BACKUP_STATE_DIR`:
   the backup still checks that every chunk id is in the repository's index before trusting it.
 - `blobs`: copies of immutable index files and tree blobs, checked against their hash on use,
   so listing, diffing and the next backup do not fetch them from the server again.
+- `snapshots`: copies of snapshot documents (never modified once written), used only for ids
+  the server still lists.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CREATE TABLE IF NOT EXISTS files (
     chunks TEXT, generation INTEGER
 );
 CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, kind TEXT, data BLOB);
+CREATE TABLE IF NOT EXISTS snapshots (id TEXT PRIMARY KEY, data BLOB);
 """
 
 
@@ -115,6 +118,22 @@ class LocalCache:
             return
         stored = [row[0] for row in self.db.execute("SELECT id FROM blobs WHERE kind = ?", (kind,))]
         self.db.executemany("DELETE FROM blobs WHERE id = ?", [(i,) for i in stored if i not in keep])
+
+    def get_snapshot(self, snapshot_id: str) -> bytes | None:
+        if self.db is None:
+            return None
+        row = self.db.execute("SELECT data FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_snapshot(self, snapshot_id: str, data: bytes) -> None:
+        if self.db is not None:
+            self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (snapshot_id, data))
+
+    def keep_snapshots(self, listed: set[str]) -> None:
+        if self.db is None:
+            return
+        stored = [row[0] for row in self.db.execute("SELECT id FROM snapshots")]
+        self.db.executemany("DELETE FROM snapshots WHERE id = ?", [(i,) for i in stored if i not in listed])
 
     def commit(self) -> None:
         if self.db is not None:

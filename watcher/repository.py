@@ -106,14 +106,14 @@ class Repository:
 
     # -- opening -----------------------------------------------------------------------------
 
-    def open(self, *, create: bool = False) -> None:
+    def open(self, *, create: bool = False, pack_size: int = PACK_TARGET) -> None:
         """Read the repository config, creating the repository if `create` and none exists."""
         try:
             data = self.backend.get_bytes("config")
         except NotFoundError:
             if not create:
                 raise RepositoryError(f"no repository at {self.backend.describe()} (run a backup first)") from None
-            self.config = RepoConfig(os.urandom(16).hex(), ChunkerParams())
+            self.config = RepoConfig(os.urandom(16).hex(), ChunkerParams(), pack_size)
             self.backend.put_bytes("config", self.config.encode())
             log.info("created a new repository at %s", self.backend.describe())
         else:
@@ -187,16 +187,23 @@ class Repository:
     def snapshot_ids(self) -> list[str]:
         return sorted(info.key.split("/", 1)[1] for info in self.backend.list("snapshots"))
 
-    def load_snapshot(self, snapshot_id: str) -> Snapshot:
-        try:
-            data = self.backend.get_bytes(f"snapshots/{snapshot_id}")
-        except NotFoundError:
-            raise SnapshotNotFoundError(f"snapshot {snapshot_id} not found") from None
+    def load_snapshot(self, snapshot_id: str, *, cached: bool = False) -> Snapshot:
+        """A snapshot document; `cached` allows the local copy (for ids just listed on the server)."""
+        data = self.cache.get_snapshot(snapshot_id) if cached else None
+        if data is None:
+            try:
+                data = self.backend.get_bytes(f"snapshots/{snapshot_id}")
+            except NotFoundError:
+                raise SnapshotNotFoundError(f"snapshot {snapshot_id} not found") from None
+            self.cache.put_snapshot(snapshot_id, data)
         return decode_snapshot(snapshot_id, data)
 
     def list_snapshots(self) -> list[Snapshot]:
         """Every snapshot, oldest first."""
-        snapshots = [self.load_snapshot(snapshot_id) for snapshot_id in self.snapshot_ids()]
+        ids = self.snapshot_ids()
+        snapshots = [self.load_snapshot(snapshot_id, cached=True) for snapshot_id in ids]
+        self.cache.keep_snapshots(set(ids))
+        self.cache.commit()
         return sorted(snapshots, key=lambda snapshot: (snapshot.time, snapshot.id))
 
     def find_snapshot(self, reference: str) -> Snapshot:
@@ -213,12 +220,14 @@ class Repository:
             raise SnapshotNotFoundError(f"no snapshot matches {reference!r}")
         if len(matches) > 1:
             raise SnapshotNotFoundError(f"{reference!r} matches {len(matches)} snapshots; give more of the id")
-        return self.load_snapshot(matches[0])
+        return self.load_snapshot(matches[0], cached=True)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """The commit point of a backup: written last, atomically, once all it names exists."""
+        data = encode_snapshot(snapshot)
         with self.lock:
-            self.backend.put_bytes(f"snapshots/{snapshot.id}", encode_snapshot(snapshot))
+            self.backend.put_bytes(f"snapshots/{snapshot.id}", data)
+        self.cache.put_snapshot(snapshot.id, data)
 
     # -- writing -----------------------------------------------------------------------------
 
