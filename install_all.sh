@@ -2,8 +2,8 @@
 # Installs watcher into ./.venv (Python 3.11+ on Debian/Ubuntu).
 #
 #   ./install_all.sh            install only
-#   ./install_all.sh --run      install, then back up ./data to the local repository ./backups
-#                               (the embedded default; any BACKUP_* variable you set wins)
+#   ./install_all.sh --run      install, then run the daemon: watch ./data, back it up to the local
+#                               repository ./backups (the embedded default; BACKUP_* variables you set win)
 #   ./install_all.sh --test     install, add what the tests need (pytest, Debian's openssh-server,
 #                               vsftpd and the test account), then run the whole test suite
 set -euo pipefail
@@ -36,7 +36,8 @@ case "$mode" in
     export BACKUP_SOURCES="${BACKUP_SOURCES:-$PWD/data}"
     export BACKUP_TARGET="${BACKUP_TARGET:-file://$PWD/backups}"
     export BACKUP_STATE_DIR="${BACKUP_STATE_DIR:-$PWD/.state}"
-    exec .venv/bin/watcher backup
+    echo "watching $BACKUP_SOURCES -> $BACKUP_TARGET (Ctrl-C stops)"
+    exec .venv/bin/watcher run
     ;;
   --test)
     need=()

@@ -7,7 +7,6 @@ content, so no tool gains from compression the others lack.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 from pathlib import Path
 

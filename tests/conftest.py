@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -22,6 +23,24 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
 
 
 @pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Operation retries without real waits (the retry tests pass their own policies)."""
+    from watcher import retry
+
+    monkeypatch.setattr(retry, "DEFAULT_POLICY", retry.RetryPolicy(attempts=3, initial_seconds=0.01, max_seconds=0.02))
+
+
+@pytest.fixture(autouse=True)
+def console_handlers_removed() -> Iterator[None]:
+    """`cli.main` installs a console handler per call; do not let them pile up across tests."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_watcher_console", False):
+            root.removeHandler(handler)
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     before = set(threading.enumerate())
     yield
@@ -33,3 +52,6 @@ def no_leaked_threads() -> Iterator[None]:
             return
         deadline.wait(0.1)
     pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
+
+
+pytest_plugins = ["tests.fixtures.smtp", "tests.fixtures.sftp"]

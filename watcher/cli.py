@@ -15,27 +15,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from watcher import __version__
-from watcher.actions.backup import BackupOptions, run_backup
 from watcher.actions.check import run_check
 from watcher.actions.doctor import Verdict, check_repository, check_sources, check_state_dir
 from watcher.actions.listing import diff_snapshots, list_entries, snapshot_as_json
 from watcher.actions.restore import run_restore
-from watcher.backends import create_backend
 from watcher.config import Settings, load_settings, read_environment
 from watcher.errors import ConfigError, ExitCode, WatcherError
 from watcher.logs import redact, setup_console
+from watcher.notify import check_mail_server, utc_now
 from watcher.repository import Repository
-from watcher.retry import RetryingBackend
+from watcher.runs import attempt_backup, describe_result, finish_run, open_repository, start_run_log
+from watcher.text import format_size
 
 log = logging.getLogger("watcher")
-
-
-def _size(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value} B"  # pragma: no cover
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,64 +59,52 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("paths", nargs="*", metavar="PATH", help="absolute paths inside the snapshot")
     check = commands.add_parser("check", help="verify the repository (exit 1 when damaged)")
     check.add_argument("--read-data", action="store_true", help="also download and verify every stored byte")
-    commands.add_parser("doctor", help="check configuration, target and local state, one line per check")
+    commands.add_parser("doctor", help="check configuration, target, local state and mail, one line per check")
+    commands.add_parser("run", help="the daemon: back up at start, then on every burst of changes",
+                        description="Back up at start, then watch BACKUP_SOURCES and back up each burst of "
+                                    "changes; retry, report by mail; SIGTERM or SIGINT stops it cleanly (exit 0).")
+    commands.add_parser("health", help="exit 0 if the daemon is alive and backing up, 1 otherwise",
+                        description="For a container HEALTHCHECK: the daemon is alive, its last run succeeded and "
+                                    "a run succeeded within BACKUP_HEALTH_MAX_AGE_SECONDS.")
     return parser
 
 
 class Context:
-    """What a command needs: settings, and a way to open the repository (once)."""
+    """What a command needs: settings, and a way to open the repository (closed at the end)."""
 
     def __init__(self, settings: Settings, out: Callable[[str], None]) -> None:
         self.settings = settings
         self.out = out
         self.repository: Repository | None = None
 
-    def open_repository(self, *, create: bool = False) -> Repository:
-        backend = RetryingBackend(create_backend(self.settings))
-        repository = Repository(backend, self.settings.state_dir)
-        try:
-            backend.open()
-            repository.open(create=create)
-            repository.load_index()
-        except BaseException:
-            repository.close()
-            raise
-        self.repository = repository
-        return repository
+    def open_repository(self) -> Repository:
+        self.repository = open_repository(self.settings)
+        return self.repository
 
     def close(self) -> None:
         if self.repository is not None:
             self.repository.close()
 
 
-def _never_back_up(settings: Settings) -> tuple[str, ...]:
-    paths = [str(settings.state_dir)]
-    if settings.target is not None and settings.target.scheme == "file":
-        paths.append(settings.target.path)
-    return tuple(paths)
-
-
 def cmd_backup(context: Context, args: argparse.Namespace) -> int:
     from watcher import progress
 
     settings = context.settings
-    repository = context.open_repository(create=True)
-    bar = progress.BackupBar() if progress.wanted() else None
-    try:
-        options = BackupOptions(settings.sources, settings.exclude, settings.host, _never_back_up(settings))
-        result = run_backup(repository, options, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    summary = result.summary
-    counts = (f"{summary.files} files ({summary.new} new, {summary.changed} changed, "
-              f"{summary.unchanged} unchanged, {summary.removed} removed)")
-    if result.snapshot is None:
-        context.out(f"no change since snapshot {result.parent.id if result.parent else '?'}: no snapshot added; "
-                    f"{counts}, in {summary.duration_seconds:.1f} s")
-    else:
-        context.out(f"snapshot {result.snapshot.id} saved: {counts}, {_size(summary.bytes_read)} read, "
-                    f"{_size(summary.bytes_added)} added, in {summary.duration_seconds:.1f} s")
+    with start_run_log(settings) as run_log:
+        started = utc_now()
+        log.info("backup of %s to %s", ", ".join(map(str, settings.sources)), settings.target.describe())
+        bar = progress.BackupBar() if progress.wanted() else None
+        try:
+            result = attempt_backup(settings, progress=bar)
+        except WatcherError as error:
+            finish_run(settings, run_log, started, None, error,
+                       "watcher backup does not retry by itself: run it again once the cause is fixed")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        finish_run(settings, run_log, started, result, None, None)
+    context.out(describe_result(result))
     if result.warnings:
         context.out(f"{len(result.warnings)} warnings: some files could not be read (see the log above)")
         return ExitCode.WARNINGS
@@ -140,7 +120,7 @@ def cmd_snapshots(context: Context, args: argparse.Namespace) -> int:
     for snapshot in snapshots:
         summary = snapshot.summary
         context.out(f"{snapshot.id:<25} {snapshot.time_text:<20} {snapshot.host[:16]:<16} {summary.files:>8} "
-                    f"{_size(summary.bytes):>11} {_size(summary.bytes_added):>11}")
+                    f"{format_size(summary.bytes):>11} {format_size(summary.bytes_added):>11}")
     context.out(f"{len(snapshots)} snapshots")
     return ExitCode.OK
 
@@ -181,7 +161,7 @@ def cmd_restore(context: Context, args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     context.out(f"restored snapshot {snapshot.id} into {args.to}: {result.files} files, {result.dirs} folders, "
-                f"{result.symlinks} links, {_size(result.bytes)} (every byte verified)")
+                f"{result.symlinks} links, {format_size(result.bytes)} (every byte verified)")
     if result.errors:
         for error in result.errors:
             context.out(f"failed: {error}")
@@ -195,7 +175,7 @@ def cmd_check(context: Context, args: argparse.Namespace) -> int:
     result = run_check(repository, read_data=args.read_data)
     detail = f"{result.snapshots} snapshots, {result.packs} packs"
     if args.read_data:
-        detail += f", {result.blobs} blobs and {_size(result.bytes_read)} read and verified"
+        detail += f", {result.blobs} blobs and {format_size(result.bytes_read)} read and verified"
     if result.unindexed_packs:
         detail += f"; {result.unindexed_packs} packs left by interrupted runs (harmless)"
     if result.sound:
@@ -215,27 +195,55 @@ def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
     verdicts += check_repository(context.open_repository, where)
     if settings.target and settings.target.scheme == "ftp":
         verdicts.append(Verdict(True, "encryption", "plain FTP: transfers are not encrypted"))
+    if settings.smtp_host:
+        try:
+            verdicts.append(Verdict(True, "mail server", check_mail_server(settings)))
+        except WatcherError as error:
+            verdicts.append(Verdict(False, "mail server", str(error)))
+    else:
+        verdicts.append(Verdict(None, "mail server", "not configured (SMTP_HOST unset): no report mails"))
     for verdict in verdicts:
         mark = {True: "ok  ", False: "FAIL", None: "--  "}[verdict.ok]
         context.out(f"{mark} {verdict.name}: {verdict.detail}")
     return ExitCode.OK if all(verdict.ok is not False for verdict in verdicts) else ExitCode.FAILED
 
 
-COMMANDS: dict[str, tuple[Callable[[Context, argparse.Namespace], int], bool]] = {
-    # name: (function, needs the sources)
-    "backup": (cmd_backup, True),
-    "snapshots": (cmd_snapshots, False),
-    "ls": (cmd_ls, False),
-    "diff": (cmd_diff, False),
-    "restore": (cmd_restore, False),
-    "check": (cmd_check, False),
-    "doctor": (cmd_doctor, True),
+def cmd_run(context: Context, args: argparse.Namespace) -> int:
+    from watcher.daemon import Daemon
+
+    return Daemon(context.settings).run()
+
+
+def cmd_health(context: Context, args: argparse.Namespace) -> int:
+    from watcher.health import verdict
+
+    healthy, reason = verdict(context.settings.state_dir, context.settings.health_max_age_seconds)
+    context.out(reason)
+    return ExitCode.OK if healthy else ExitCode.FAILED
+
+
+# name: (function, needs the sources, needs the target)
+COMMANDS: dict[str, tuple[Callable[[Context, argparse.Namespace], int], bool, bool]] = {
+    "backup": (cmd_backup, True, True),
+    "snapshots": (cmd_snapshots, False, True),
+    "ls": (cmd_ls, False, True),
+    "diff": (cmd_diff, False, True),
+    "restore": (cmd_restore, False, True),
+    "check": (cmd_check, False, True),
+    "doctor": (cmd_doctor, True, True),
+    "run": (cmd_run, True, True),
+    "health": (cmd_health, False, False),
 }
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one command; return its exit status. Only expected failures print one line."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "restore" or any(item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.paths += extra  # `restore SNAPSHOT --to DIR PATH...`: paths after the option
     environ = os.environ if environ is None else environ
     secrets: list[str] = []
 
@@ -247,14 +255,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     try:
         env = read_environment(environ, args.env_file, Path.cwd())
-        command, needs_sources = COMMANDS[args.command]
-        settings = load_settings(env, need_sources=needs_sources)
+        command, needs_sources, needs_target = COMMANDS[args.command]
+        settings = load_settings(env, need_sources=needs_sources, need_target=needs_target)
     except ConfigError as error:
         for problem in error.problems:
             err(f"error: {problem}")
         return ExitCode.CONFIG
     secrets.extend(settings.secrets())
-    setup_console(logging.DEBUG if args.verbose else logging.WARNING, secrets)
+    if args.command == "run":  # the daemon's log is its output: stdout, as `docker logs` shows it
+        setup_console(logging.DEBUG if args.verbose else logging.INFO, secrets, sys.stdout)
+    else:
+        setup_console(logging.DEBUG if args.verbose else logging.WARNING, secrets)
     context = Context(settings, out)
     try:
         return command(context, args)

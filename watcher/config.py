@@ -192,7 +192,12 @@ def _parse_target(parser: _Parser) -> Target | None:
     if raw is None:
         return None
     shown = raw.split("://", 1)[0] + "://…" if "@" in raw else raw
-    url = urlsplit(raw)
+    try:
+        url = urlsplit(raw)
+        url.port, url.hostname, url.username  # noqa: B018 (each may raise ValueError)
+    except ValueError as error:
+        parser.fail(name, f"malformed URL {shown!r}: {error}")
+        return None
     scheme = url.scheme.lower()
     if scheme not in SCHEMES:
         parser.fail(name, f"unknown scheme in {shown!r} (use file://, sftp://, ftp:// or ftps://)")
@@ -209,10 +214,9 @@ def _parse_target(parser: _Parser) -> Target | None:
             parser.fail(name, "a file:// target is file:///absolute/path (no host)")
             return None
         return Target(scheme, os.path.normpath(path))
-    try:
-        port = url.port or SCHEMES[scheme]
-    except ValueError:
-        parser.fail(name, f"invalid port in {scheme}:// target")
+    port = url.port if url.port is not None else SCHEMES[scheme]
+    if not 0 < (port or 0) < 65536:
+        parser.fail(name, f"invalid port {port} in {scheme}:// target")
         return None
     if not url.hostname:
         parser.fail(name, f"{scheme}:// target needs a host ({scheme}://user@host/path)")
@@ -277,14 +281,16 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
     smtp_host = parser.text("SMTP_HOST")
     smtp_user = parser.text("SMTP_USER")
     mail_to = parser.items("MAIL_TO")
-    mail_from = parser.text("MAIL_FROM") or smtp_user
+    mail_from = parser.text("MAIL_FROM") or (smtp_user if smtp_host else None)
     if smtp_host and not mail_to:
         parser.fail("MAIL_TO", "required when SMTP_HOST is set")
     if smtp_host and not mail_from:
         parser.fail("MAIL_FROM", "required when SMTP_HOST is set and SMTP_USER is not")
-    for address in (*mail_to, *([mail_from] if mail_from else [])):
-        if "@" not in address or any(c in address for c in "\r\n<> "):
-            parser.fail("MAIL_TO" if address in mail_to else "MAIL_FROM", f"{address!r} is not a mail address")
+    for name, addresses in (("MAIL_TO", mail_to), ("MAIL_FROM", (mail_from,) if mail_from else ())):
+        for address in addresses:
+            if not _is_mail_address(address):
+                source = "SMTP_USER" if name == "MAIL_FROM" and not parser.text("MAIL_FROM") else name
+                parser.fail(source, f"{address!r} is not a mail address")
     known_hosts = parser.text("BACKUP_SSH_KNOWN_HOSTS")
     state_dir = parser.text("BACKUP_STATE_DIR")
     settings = Settings(
@@ -325,6 +331,11 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
     if parser.problems:
         raise ConfigError(parser.problems)
     return settings
+
+
+def _is_mail_address(address: str) -> bool:
+    local, _, domain = address.rpartition("@")
+    return bool(local) and bool(domain) and not any(c in address for c in "\r\n<>,; \t")
 
 
 def _default_state_dir(env: Mapping[str, str]) -> Path:

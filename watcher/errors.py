@@ -91,6 +91,10 @@ class SnapshotNotFoundError(RepositoryError):
     """No snapshot matches the given id, prefix or `latest`."""
 
 
+class NotifyError(WatcherError):
+    """A report could not be mailed; never fails a backup."""
+
+
 class InterruptedRunError(WatcherError):
     """The run was asked to stop (signal) before it completed."""
 

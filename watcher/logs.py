@@ -7,6 +7,8 @@ import re
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
 
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/:@\s]*:)[^@/\s]+@", re.IGNORECASE)
 REDACTED = "***"
@@ -44,19 +46,80 @@ class UtcFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
 
 
-def setup_console(level: int, secrets: Iterable[str] = ()) -> RedactingFilter:
-    """Log to stderr (stdout stays for command output), redacting `secrets`."""
+def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None = None) -> RedactingFilter:
+    """Log to stderr (stdout stays for command output) or `stream`, redacting `secrets`."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_watcher_console", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler._watcher_console = True  # type: ignore[attr-defined]
     handler.setFormatter(UtcFormatter())
     redactor = RedactingFilter(secrets)
     handler.addFilter(redactor)
+    handler.setLevel(level)
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(min(level, logging.INFO))  # run logs record INFO whatever the console shows
     for noisy in ("paramiko", "watchdog"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     return redactor
+
+
+class RunLog:
+    """The log of one run, in `<state>/logs/<UTC time>.log`: the mail's attachment.
+
+    Records INFO and above from every module while the run lasts, redacted like the console.
+    Only the newest `keep` run logs are kept.
+    """
+
+    def __init__(self, folder: Path, secrets: Iterable[str] = (), keep: int = 100) -> None:
+        self.folder = folder
+        self.secrets = list(secrets)
+        self.keep = keep
+        self.name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.path: Path | None = None
+        self.handler: logging.Handler | None = None
+
+    def __enter__(self) -> RunLog:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / f"{self.name}.log"
+            counter = 1
+            while path.exists():
+                path = self.folder / f"{self.name}-{counter}.log"
+                counter += 1
+            handler = logging.FileHandler(path, encoding="utf-8")
+        except OSError as error:
+            logging.getLogger(__name__).warning("no run log in %s: %s", self.folder, error.strerror or error)
+            return self
+        handler.setFormatter(UtcFormatter())
+        handler.addFilter(RedactingFilter(self.secrets))
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+        self.path, self.handler = path, handler
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
+        self._prune()
+
+    def text(self) -> str:
+        if self.path is None:
+            return ""
+        try:
+            return self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def _prune(self) -> None:
+        try:
+            logs = sorted(self.folder.glob("*.log"))
+            for old in logs[: max(0, len(logs) - self.keep)]:
+                old.unlink()
+        except OSError:
+            return

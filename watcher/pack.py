@@ -43,6 +43,8 @@ class BlobEntry:
         blob_id, blob_type, encoding, offset, length = row
         if blob_type not in BLOB_TYPES or encoding not in ENCODINGS:
             raise ValueError(f"unknown blob type or encoding in {row!r}")
+        if int(offset) < 0 or int(length) < 0:  # type: ignore[call-overload]
+            raise ValueError(f"negative offset or length in {row!r}")
         return cls(str(blob_id), str(blob_type), str(encoding), int(offset), int(length), pack)  # type: ignore[arg-type]
 
 

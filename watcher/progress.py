@@ -11,8 +11,9 @@ from watcher.actions.backup import Progress
 from watcher.actions.restore import RestoreProgress
 
 
-def wanted(stream: TextIO = sys.stderr) -> bool:
-    return stream.isatty()
+def wanted(stream: TextIO | None = None) -> bool:
+    stream = stream or sys.stderr
+    return not stream.closed and stream.isatty()
 
 
 class BackupBar(Progress):

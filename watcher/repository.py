@@ -348,7 +348,7 @@ class BlobWriter:
                 break
             except queue.Full:
                 continue
-        self.thread.join(timeout=60)
+        self.thread.join(timeout=5)  # a stuck upload must not hold up a stopping daemon
 
 
 def iter_tree(repository: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str, Node]]:

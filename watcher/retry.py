@@ -29,13 +29,18 @@ class RetryPolicy:
     max_seconds: float = 20.0
 
 
+# Seconds-scale retries of one operation; the daemon adds minutes-scale retries of whole runs.
+# Tests shorten the waits by replacing this module attribute.
+DEFAULT_POLICY = RetryPolicy()
+
+
 class RetryingBackend(Backend):
     """Wraps a backend; every method but `close` is retried on transient errors."""
 
     def __init__(self, inner: Backend, policy: RetryPolicy | None = None, stop: threading.Event | None = None):
         self.inner = inner
         self.scheme = inner.scheme
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or DEFAULT_POLICY
         self.stop = stop or threading.Event()
 
     def _sleep(self, seconds: float) -> None:
@@ -51,7 +56,8 @@ class RetryingBackend(Backend):
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self.policy.attempts),
-            wait=wait_exponential_jitter(self.policy.initial_seconds, self.policy.max_seconds),
+            wait=wait_exponential_jitter(multiplier=self.policy.initial_seconds, max=self.policy.max_seconds,
+                                         jitter=self.policy.initial_seconds),
             sleep=self._sleep,
             before_sleep=self._before_sleep,
             reraise=True,

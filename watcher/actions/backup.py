@@ -1,10 +1,14 @@
-"""One backup run: walk the sources, store what is new, commit one snapshot.
+"""One backup run: walk the sources (or only what changed), store what is new, commit one snapshot.
 
 Change detection has two layers: the local cache answers "was this file read before, with
 exactly this size, mtime, ctime and inode?" (so unchanged files are not read), and the
 repository's index answers "is that content really stored?" (so a stale or foreign cache can
 cost time, never correctness). The previous snapshot of the same host and sources is walked
 alongside, to count new, changed, unchanged and removed files and to see when nothing changed.
+
+Given the set of paths that changed (from file system events), a run lists only the folders
+on the way to those paths and takes everything else from the previous snapshot, so its cost
+follows the size of the change, not the size of the tree.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +49,7 @@ class BackupResult:
     summary: Summary
     parent: Snapshot | None
     warnings: list[str] = field(default_factory=list)
+    full_scan: bool = True
 
 
 class Progress:
@@ -57,6 +62,33 @@ class Progress:
         pass
 
 
+class ChangedPaths:
+    """The paths events reported, and the folders on the way to them.
+
+    `touches(path)` is true when `path` itself changed, lies on the way to a change (its
+    listing must be read again), or lies below a changed folder (a folder moved in).
+    """
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.paths = {os.path.normpath(path) for path in paths}
+        self.on_the_way: set[str] = set()
+        for path in self.paths:
+            parent = os.path.dirname(path)
+            while parent not in self.on_the_way and parent != path:
+                self.on_the_way.add(parent)
+                path, parent = parent, os.path.dirname(parent)
+
+    def touches(self, path: str) -> bool:
+        if path in self.paths or path in self.on_the_way:
+            return True
+        parent = os.path.dirname(path)
+        while parent != path:
+            if parent in self.paths:
+                return True
+            path, parent = parent, os.path.dirname(parent)
+        return False
+
+
 @dataclass
 class _Counts:
     files: int = 0
@@ -67,17 +99,13 @@ class _Counts:
     unchanged: int = 0
     removed: int = 0
     bytes_read: int = 0
+    bytes_delta: int = 0
+    files_delta: int = 0
 
 
 class _Run:
-    def __init__(
-        self,
-        repository: Repository,
-        writer: BlobWriter,
-        options: BackupOptions,
-        progress: Progress,
-        stop: threading.Event | None,
-    ) -> None:
+    def __init__(self, repository: Repository, writer: BlobWriter, options: BackupOptions, progress: Progress,
+                 stop: threading.Event | None, changed: ChangedPaths | None) -> None:
         assert repository.config is not None
         params = repository.config.chunker
         self.repository = repository
@@ -85,6 +113,7 @@ class _Run:
         self.writer = writer
         self.progress = progress
         self.stop = stop
+        self.changed = changed
         self.reader = ChunkReader(params.min_size, params.avg_size, params.max_size, params.normalization, params.seed)
         self.excluder = Excluder(options.exclude, options.never_back_up)
         self.counts = _Counts()
@@ -97,11 +126,13 @@ class _Run:
         self.warnings.append(message)
 
     def _store_chunk(self, chunk_id: str, data: memoryview | bytes) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise InterruptedRunError("backup interrupted")
         self.writer.add(chunk_id, "data", data)
         self.counts.bytes_read += len(data)
         self.progress.bytes_read(len(data))
 
-    def _previous_entries(self, previous: Node | None) -> dict[str, Node]:
+    def previous_entries(self, previous: Node | None) -> dict[str, Node]:
         if previous is None or previous.kind != "dir" or not previous.subtree:
             return {}
         return {node.name: node for node in self.repository.load_tree(previous.subtree)}
@@ -109,8 +140,10 @@ class _Run:
     def _count_removed(self, node: Node) -> None:
         if node.kind != "dir":
             self.counts.removed += 1
+            self.counts.files_delta -= 1
+            self.counts.bytes_delta -= node.size
             return
-        for child in self._previous_entries(node).values():
+        for child in self.previous_entries(node).values():
             self._count_removed(child)
 
     def store_tree(self, nodes: list[Node]) -> str:
@@ -120,20 +153,26 @@ class _Run:
             self.cache.put_blob(tree_id, "tree", data)
         return tree_id
 
+    def _unchanged(self, path: str, previous: Node | None) -> bool:
+        """In an event-driven run: may this entry be taken as is from the previous snapshot?"""
+        return self.changed is not None and previous is not None and not self.changed.touches(path)
+
     def scan_dir(self, path: str, source: str, previous: Node | None) -> str | None:
         """Store the tree of folder `path`; None when the folder cannot be listed."""
         if self.stop is not None and self.stop.is_set():
             raise InterruptedRunError("backup interrupted")
         try:
             with os.scandir(path) as iterator:
-                entries = sorted(iterator, key=lambda entry: entry.name)
+                names = sorted(entry.name for entry in iterator)
         except OSError as error:
             self.warn(f"cannot read folder {path}: {error.strerror or error}")
             return None
-        before = self._previous_entries(previous)
+        before = self.previous_entries(previous)
         nodes = []
-        for entry in entries:
-            node = self.scan_entry(entry.path, entry.name, source, before.get(entry.name))
+        for name in names:
+            child = f"{path}/{name}" if path != "/" else f"/{name}"
+            earlier = before.get(name)
+            node = earlier if self._unchanged(child, earlier) else self.scan_entry(child, name, source, earlier)
             if node is not None:
                 nodes.append(node)
         present = {node.name for node in nodes}
@@ -169,6 +208,9 @@ class _Run:
         return None
 
     def dir_node(self, path: str, name: str, st: os.stat_result, source: str, previous: Node | None) -> Node | None:
+        if previous is not None and previous.kind != "dir":
+            self._count_removed(previous)
+            previous = None
         subtree = self.scan_dir(path, source, previous)
         if subtree is None:
             return None
@@ -195,59 +237,60 @@ class _Run:
             st, chunks = result.stat, result.chunks
             if st.st_mtime_ns < self.racy_after_ns:
                 self.cache.remember_file(key, file_state(st), chunks, self.generation)
-        self.counts.files += 1
-        self.counts.bytes += st.st_size
         self.progress.file_done(path, st.st_size)
         node = Node(name, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid,
                     size=st.st_size, content=tuple(chunks))
         return self._classify(node, previous)
 
     def _classify(self, node: Node, previous: Node | None) -> Node:
-        if node.kind == "symlink":
-            self.counts.files += 1
-        if previous is None or previous.kind == "dir":
+        """Count a file or symlink against the previous snapshot."""
+        self.counts.files += 1
+        self.counts.bytes += node.size
+        self.counts.files_delta += 1
+        self.counts.bytes_delta += node.size
+        if previous is not None and previous.kind == "dir":
+            self._count_removed(previous)
+            previous = None
+        if previous is None:
             self.counts.new += 1
-            if previous is not None:
-                self._count_removed(previous)
-        elif previous == node:
+            return node
+        self.counts.files_delta -= 1
+        self.counts.bytes_delta -= previous.size
+        if previous == node:
             self.counts.unchanged += 1
         else:
             self.counts.changed += 1
         return node
 
 
-def _ancestor_nodes(run: _Run, sources: list[str], previous_root: dict[str, Node]) -> list[Node]:
-    """The root folder's entries: the chain of parent folders down to each source."""
-    children: dict[str, list[str]] = {}
-    for source in sources:
-        head, _, tail = source.strip("/").partition("/")
-        children.setdefault(head, []).append(tail)
-    nodes = []
-    for name, rests in sorted(children.items()):
-        path = "/" + name
-        node = _ancestor(run, path, name, [rest for rest in rests if rest], "" in rests, previous_root.get(name))
-        if node is not None:
-            nodes.append(node)
-    return nodes
+def _split_first(paths: list[str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for path in paths:
+        head, _, tail = path.partition("/")
+        grouped.setdefault(head, []).append(tail)
+    return grouped
 
 
-def _ancestor(run: _Run, path: str, name: str, rests: list[str], is_source: bool, previous: Node | None) -> Node | None:
+def _ancestor(run: _Run, path: str, name: str, rests: list[str], previous: Node | None) -> Node | None:
+    """The node of `path`: a source (scanned), or a folder on the way to sources (only those)."""
+    if "" in rests:  # `path` is a source
+        if run._unchanged(path, previous):
+            return previous
+        try:
+            st = os.stat(path)  # a source given as a symlink to a folder is backed up as that folder
+        except OSError as error:
+            run.warn(f"cannot read source {path}: {error.strerror or error}")
+            return None
+        return run.dir_node(path, name, st, path, previous)
     try:
-        st = os.stat(path)  # a source given as a symlink to a folder is backed up as that folder
+        st = os.stat(path)
     except OSError as error:
         run.warn(f"cannot read source {path}: {error.strerror or error}")
         return None
-    if is_source:
-        return run.dir_node(path, name, st, path, previous)
-    before = run._previous_entries(previous)
-    grouped: dict[str, list[str]] = {}
-    for rest in rests:
-        head, _, tail = rest.partition("/")
-        grouped.setdefault(head, []).append(tail)
+    before = run.previous_entries(previous)
     nodes = []
-    for child, child_rests in sorted(grouped.items()):
-        node = _ancestor(run, f"{path}/{child}", child, [r for r in child_rests if r], "" in child_rests,
-                         before.get(child))
+    for child, child_rests in sorted(_split_first(rests).items()):
+        node = _ancestor(run, f"{path}/{child}", child, child_rests, before.get(child))
         if node is not None:
             nodes.append(node)
     tree = run.store_tree(nodes)
@@ -262,43 +305,69 @@ def find_parent(repository: Repository, host: str, sources: tuple[str, ...]) -> 
     return None
 
 
+def _summary(run: _Run, parent: Snapshot | None, writer: BlobWriter, started: float) -> Summary:
+    counts = run.counts
+    files, total = counts.files, counts.bytes
+    if run.changed is not None and parent is not None:  # untouched parts were not walked
+        files = parent.summary.files + counts.files_delta
+        total = parent.summary.bytes + counts.bytes_delta
+    return Summary(
+        files=files,
+        dirs=counts.dirs,
+        bytes=total,
+        new=counts.new,
+        changed=counts.changed,
+        unchanged=files - counts.new - counts.changed,
+        removed=counts.removed,
+        bytes_read=counts.bytes_read,
+        bytes_added=writer.bytes_added,
+        warnings=len(run.warnings),
+        duration_seconds=round(time.monotonic() - started, 3),
+    )
+
+
 def run_backup(
     repository: Repository,
     options: BackupOptions,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    changed: Iterable[str] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> BackupResult:
-    """Back up `options.sources` into an opened repository whose index is loaded."""
+    """Back up `options.sources` into an opened repository whose index is loaded.
+
+    With `changed` (paths from events), only those paths and the folders on their way are
+    looked at; without it, or without a previous snapshot, every source is walked.
+    """
     started = time.monotonic()
     moment = clock()
     sources = tuple(str(source) for source in options.sources)
     parent = find_parent(repository, options.host, sources)
+    changes = ChangedPaths(changed) if changed is not None and parent is not None else None
     writer = repository.writer()
-    run = _Run(repository, writer, options, progress or Progress(), stop)
+    run = _Run(repository, writer, options, progress or Progress(), stop, changes)
     try:
         previous_root = {node.name: node for node in repository.load_tree(parent.tree)} if parent else {}
-        root = run.store_tree(_ancestor_nodes(run, list(sources), previous_root))
+        nodes = []
+        for name, rests in sorted(_split_first([source.strip("/") for source in sources]).items()):
+            node = _ancestor(run, "/" + name, name, rests, previous_root.get(name))
+            if node is not None:
+                nodes.append(node)
+        root = run.store_tree(nodes)
         writer.finish()
     except BaseException:
         writer.abort()
         raise
     finally:
         run.cache.commit()
-    counts = run.counts
-    summary = Summary(
-        **vars(counts),
-        bytes_added=writer.bytes_added,
-        warnings=len(run.warnings),
-        duration_seconds=round(time.monotonic() - started, 3),
-    )
+    summary = _summary(run, parent, writer, started)
     if parent is not None and parent.tree == root:
-        return BackupResult(None, summary, parent, run.warnings)
+        return BackupResult(None, summary, parent, run.warnings, changes is None)
     snapshot = Snapshot(new_snapshot_id(moment), moment, options.host, sources, root,
                         parent.id if parent else None, summary)
     repository.save_snapshot(snapshot)
-    if not run.warnings:
+    if not run.warnings and changes is None:
         run.cache.forget_files_before(run.generation)
     run.cache.commit()
     summary = replace(summary, duration_seconds=round(time.monotonic() - started, 3))
-    return BackupResult(snapshot, summary, parent, run.warnings)
+    return BackupResult(snapshot, summary, parent, run.warnings, changes is None)

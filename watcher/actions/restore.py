@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from watcher.errors import IntegrityError, NotFoundError, SnapshotNotFoundError
+from watcher.errors import IntegrityError, NotFoundError, SnapshotNotFoundError, WatcherError
 from watcher.pack import decode_blob
 from watcher.repository import Repository, pack_key
 from watcher.snapshot import Node, Snapshot
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 PACK_CACHE_BYTES = 96 * 1024 * 1024
 WHOLE_PACK_FRACTION = 0.25
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class RestoreTargetError(WatcherError):
+    """DIR cannot be created or opened as a folder."""
 
 
 @dataclass
@@ -123,8 +127,11 @@ class _Folders:
     """Descriptors of the folders on the current path, opened without following links."""
 
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.stack: list[tuple[str, int]] = [("", os.open(root, DIR_FLAGS))]
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self.stack: list[tuple[str, int]] = [("", os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))]
+        except OSError as error:
+            raise RestoreTargetError(f"cannot restore into {root}: {error.strerror or error}") from error
 
     def open(self, parts: tuple[str, ...]) -> int:
         """The descriptor of folder `parts` (below the root), created if missing."""

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from watcher.errors import BackendConfigError, NotFoundError
 
 TEMP_MARKER = ".tmp-"
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def validate_key(key: str) -> str:
     ever reach a server or come back from a listing.
     """
     parts = key.split("/")
-    if not key or any(not _PART.match(part) for part in parts) or TEMP_MARKER in key:
+    if not key or any(not _PART.fullmatch(part) for part in parts) or TEMP_MARKER in key:
         raise BackendConfigError(f"invalid object key {key!r}")
     return key
 

@@ -17,6 +17,7 @@ from watcher.backends.base import (
     validate_prefix,
 )
 from watcher.errors import (
+    BackendConfigError,
     BackendError,
     NotFoundError,
     PermissionDeniedError,
@@ -34,6 +35,8 @@ def translate(error: OSError, what: str) -> BackendError:
         return PermissionDeniedError(f"{what}: permission denied")
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFullError(f"{what}: no space left on the target")
+    if error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return BackendConfigError(f"{what}: a file is in the way of the repository's folders")
     return BackendError(f"{what}: {error.strerror or error}")
 
 
@@ -44,10 +47,7 @@ class LocalBackend(Backend):
         self.root = Path(root)
 
     def open(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise translate(error, str(self.root)) from error
+        """Nothing to connect; folders are created by the first `put`, so reading creates nothing."""
 
     def close(self) -> None:
         pass

@@ -1,0 +1,111 @@
+"""One backup run with its log and its report: what `watcher backup` and the daemon share.
+
+The daemon adds run-level retries around `attempt_backup`; both end with `finish_run`, which
+turns the outcome into a report and mails it as `MAIL_ON` says.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from watcher.actions.backup import BackupOptions, BackupResult, Progress, run_backup
+from watcher.backends import create_backend
+from watcher.config import Settings
+from watcher.errors import WatcherError
+from watcher.logs import RunLog
+from watcher.notify import RunReport, send_report, utc_now
+from watcher.repository import Repository
+from watcher.retry import RetryingBackend, RetryPolicy
+from watcher.text import format_size
+
+log = logging.getLogger("watcher.run")
+
+
+def open_repository(settings: Settings, *, create: bool = False, stop: threading.Event | None = None,
+                    policy: RetryPolicy | None = None) -> Repository:
+    """Connect to the target, read the repository config and its index."""
+    backend = RetryingBackend(create_backend(settings), policy, stop)
+    repository = Repository(backend, settings.state_dir)
+    try:
+        backend.open()
+        repository.open(create=create)
+        repository.load_index()
+    except BaseException:
+        repository.close()
+        raise
+    return repository
+
+
+def never_back_up(settings: Settings) -> tuple[str, ...]:
+    """The local repository and the state folder, should they sit inside a source."""
+    paths = [str(settings.state_dir)]
+    if settings.target is not None and settings.target.scheme == "file":
+        paths.append(settings.target.path)
+    return tuple(paths)
+
+
+def attempt_backup(settings: Settings, *, progress: Progress | None = None, stop: threading.Event | None = None,
+                   policy: RetryPolicy | None = None, changed: list[str] | None = None) -> BackupResult:
+    """One attempt: open, back up (everything, or only `changed` paths), close. Raises WatcherError."""
+    repository = open_repository(settings, create=True, stop=stop, policy=policy)
+    try:
+        options = BackupOptions(settings.sources, settings.exclude, settings.host, never_back_up(settings))
+        return run_backup(repository, options, progress, stop, changed)
+    finally:
+        repository.close()
+
+
+@dataclass
+class RunOutcome:
+    report: RunReport
+    result: BackupResult | None
+    error: WatcherError | None
+
+
+def describe_result(result: BackupResult) -> str:
+    summary = result.summary
+    counts = (f"{summary.files} files ({summary.new} new, {summary.changed} changed, "
+              f"{summary.unchanged} unchanged, {summary.removed} removed)")
+    if result.snapshot is None:
+        parent = result.parent.id if result.parent else "?"
+        return f"no change since snapshot {parent}: no snapshot added; {counts}, in {summary.duration_seconds:.1f} s"
+    return (f"snapshot {result.snapshot.id} saved: {counts}, {format_size(summary.bytes_read)} read, "
+            f"{format_size(summary.bytes_added)} added, in {summary.duration_seconds:.1f} s")
+
+
+def finish_run(settings: Settings, run_log: RunLog, started: datetime, result: BackupResult | None,
+               error: WatcherError | None, next_step: str | None) -> RunOutcome:
+    """Log the outcome, build the report (with the run's log so far) and mail it per MAIL_ON."""
+    target = settings.target.describe() if settings.target else "?"
+    if result is not None:
+        log.info("%s", describe_result(result))
+        if result.warnings:
+            log.warning("%d files or folders could not be read", len(result.warnings))
+    else:
+        log.error("backup failed: %s", error)
+        if next_step:
+            log.info("next: %s", next_step)
+    report = RunReport(
+        ok=result is not None,
+        host=settings.host,
+        sources=tuple(str(source) for source in settings.sources),
+        target=target,
+        started=started,
+        finished=utc_now(),
+        snapshot_id=result.snapshot.id if result and result.snapshot else None,
+        parent_id=result.parent.id if result and result.parent else None,
+        summary=result.summary if result else None,
+        warnings=tuple(result.warnings) if result else (),
+        error=str(error) if error else None,
+        next_step=next_step,
+        log_text=run_log.text(),
+    )
+    send_report(settings, report)
+    return RunOutcome(report, result, error)
+
+
+def start_run_log(settings: Settings) -> RunLog:
+    return RunLog(settings.state_dir / "logs", settings.secrets())
