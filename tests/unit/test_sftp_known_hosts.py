@@ -8,7 +8,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from watcher.backends.sftp import add_known_host, read_known_hosts
+from watcher.backends.known_hosts import add_known_host, read_known_hosts
 
 pytestmark = pytest.mark.timeout(30)
 

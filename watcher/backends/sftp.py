@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import posixpath
-import re
 import socket
 import stat as stat_mode
 import threading
@@ -43,6 +41,7 @@ from paramiko.ssh_exception import (
 )
 
 from watcher.backends.base import Backend, ObjectInfo, temp_name, validate_key, validate_prefix
+from watcher.backends.known_hosts import add_known_host, read_known_hosts
 from watcher.errors import (
     AuthError,
     BackendConfigError,
@@ -398,6 +397,7 @@ class SftpBackend(Backend):
             raise BackendConfigError(f"key file {path}: not a private key ({_text(error)})") from None
 
     def _prepare_root(self) -> None:
+        """A root that exists must be a folder; a missing one is made by the first `put`."""
         sftp = self._sftp
         assert sftp is not None
         try:
@@ -405,8 +405,7 @@ class SftpBackend(Backend):
         except OSError as error:
             if error.errno != errno.ENOENT:
                 raise
-            _makedirs(sftp, self.root)
-            return
+            return  # the first upload creates it; reading an empty target creates nothing
         if attributes.st_mode is not None and not stat_mode.S_ISDIR(attributes.st_mode):
             raise BackendConfigError(f"{self.describe()}: {self.root} is not a folder")
 
@@ -680,74 +679,3 @@ def _prefer_key_types(transport: paramiko.Transport, known: list[paramiko.PKey])
                 wanted.append(algorithm)
     if wanted:
         options.key_types = wanted + [name for name in available if name not in wanted]
-
-
-def read_known_hosts(path: Path, name: str) -> tuple[list[paramiko.PKey], list[paramiko.PKey]]:
-    """The keys known for `name` in an OpenSSH known_hosts file, and those marked `@revoked`.
-
-    Lines paramiko cannot parse (unknown key types, `@cert-authority`) are skipped, where
-    `paramiko.HostKeys.load` would raise on some of them. A missing file knows no key.
-    """
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return [], []
-    known: list[paramiko.PKey] = []
-    revoked: list[paramiko.PKey] = []
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        marker = ""
-        if line.startswith("@"):
-            marker, _, line = line.partition(" ")
-            line = line.strip()
-            if marker != "@revoked":
-                continue
-        try:
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
-        except Exception:  # a line we cannot read cannot vouch for a host
-            continue
-        if entry is None or entry.key is None or not _names_match(entry.hostnames, name):
-            continue
-        (revoked if marker else known).append(entry.key)
-    return known, revoked
-
-
-def _names_match(patterns: list[str], name: str) -> bool:
-    """OpenSSH host patterns: hashed `|1|salt|hash`, `*`/`?` wildcards, `!negation`."""
-    lowered = name.lower()
-    matched = False
-    for pattern in patterns:
-        if pattern.startswith("|1|"):
-            try:
-                hit = paramiko.HostKeys.hash_host(name, pattern) == pattern
-            except Exception:  # a malformed hash matches nothing
-                hit = False
-        else:
-            negated = pattern.startswith("!")
-            hit = _glob(pattern.lstrip("!").lower()).fullmatch(lowered) is not None
-            if hit and negated:
-                return False
-            if negated:
-                continue
-        matched = matched or hit
-    return matched
-
-
-def _glob(pattern: str) -> re.Pattern[str]:
-    """OpenSSH patterns know only `*` and `?`; `[` is literal (as in `[host]:port`)."""
-    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
-
-
-def add_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
-    """Append `name`'s key, creating the file (0600) and its folder (0700) as ssh does."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(descriptor, "ab") as file:
-        prefix = b""
-        if file.tell() > 0:
-            with open(path, "rb") as existing:
-                existing.seek(-1, os.SEEK_END)
-                prefix = b"" if existing.read(1) == b"\n" else b"\n"
-        file.write(prefix + f"{name} {key.get_name()} {key.get_base64()}\n".encode())
