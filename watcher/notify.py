@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 LOG_CAP = 512 * 1024
 LOG_HEAD = 128 * 1024
-SMTP_TIMEOUT = 30
+CONNECT_TIMEOUT = 30
 SEND_ATTEMPTS = 3
 
 
@@ -195,9 +195,9 @@ def open_smtp(settings: Settings) -> smtplib.SMTP:
     host, port = settings.smtp_host or "", settings.smtp_port
     smtp: smtplib.SMTP
     if settings.smtp_security == "tls":
-        smtp = smtplib.SMTP_SSL(host, port, timeout=SMTP_TIMEOUT, context=_tls_context(settings))
+        smtp = smtplib.SMTP_SSL(host, port, timeout=CONNECT_TIMEOUT, context=_tls_context(settings))
     else:
-        smtp = smtplib.SMTP(host, port, timeout=SMTP_TIMEOUT)
+        smtp = smtplib.SMTP(host, port, timeout=CONNECT_TIMEOUT)
     try:
         smtp.ehlo()
         if settings.smtp_security == "starttls":

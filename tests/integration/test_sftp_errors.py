@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.fixtures.sftp import SFTP_TEST_PASSWORD, SFTP_TEST_USER, USER_SCRIPT, SshServer
-from watcher.backends.sftp import SftpBackend, read_known_hosts
+from watcher.backends.known_hosts import read_known_hosts
+from watcher.backends.sftp import SftpBackend
 from watcher.errors import (
     AuthError,
     BackendConfigError,

@@ -21,7 +21,7 @@ from paramiko.ssh_exception import (
     SSHException,
 )
 
-from watcher.backends.sftp import RevokedHostKey, UnknownHostKey, translate
+from watcher.backends.sftp_errors import RevokedHostKey, UnknownHostKey, translate
 from watcher.errors import (
     AuthError,
     BackendConfigError,
