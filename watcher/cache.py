@@ -7,17 +7,25 @@ One SQLite file per repository in `BACKUP_STATE_DIR`:
   so listing, diffing and the next backup do not fetch them from the server again.
 - `snapshots`: copies of snapshot documents (never modified once written), used only for ids
   the server still lists.
+
+The daemon and a command run by hand may use the same file at once: writes are short
+transactions (file entries are buffered and written in batches), the journal is WAL so readers
+never wait, and a cache that stays busy or breaks is skipped with a warning, never fatal.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -27,6 +35,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, kind TEXT, data BLOB);
 CREATE TABLE IF NOT EXISTS snapshots (id TEXT PRIMARY KEY, data BLOB);
 """
+BUSY_TIMEOUT_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -37,37 +46,58 @@ class FileState:
     inode: int
 
 
+def _tolerant(default: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A cache operation that fails (busy, broken, disk full) returns `default` instead of raising."""
+
+    def wrap(method: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(method)
+        def call(self: LocalCache, *args: Any, **kwargs: Any) -> T:
+            if self.db is None:
+                return default
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as error:
+                if not self.warned:
+                    log.warning("local cache skipped (%s): this run may read more than needed", error)
+                    self.warned = True
+                return default
+
+        return call
+
+    return wrap
+
+
 class LocalCache:
     """The per-repository cache; every failure to use it degrades to 'not cached'."""
 
     def __init__(self, path: Path | None) -> None:
         self.db: sqlite3.Connection | None = None
+        self.warned = False
+        self.pending_files: list[tuple[Any, ...]] = []
+        self.pending_touches: list[tuple[int, bytes]] = []
         if path is None:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+            self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False,
+                                      isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(_SCHEMA)
-        except sqlite3.Error as error:
-            log.warning("local cache %s unusable (%s): every file will be read", path, error)
-            self.db = None
-        except OSError as error:
-            log.warning("local cache %s unusable (%s): every file will be read", path, error.strerror)
+        except (sqlite3.Error, OSError) as error:
+            log.warning("local cache %s unusable (%s): every file will be read", path,
+                        getattr(error, "strerror", None) or error)
             self.db = None
 
     def close(self) -> None:
+        self.commit()
         if self.db is not None:
-            try:
-                self.db.commit()
-                self.db.close()
-            except sqlite3.Error as error:
-                log.warning("local cache not saved: %s", error)
+            self.db.close()
             self.db = None
 
+    @_tolerant(None)
     def lookup_file(self, path: bytes, state: FileState) -> list[str] | None:
         """The chunk ids recorded for `path` if its state is exactly `state`."""
-        if self.db is None:
-            return None
+        assert self.db is not None
         row = self.db.execute(
             "SELECT size, mtime_ns, ctime_ns, inode, chunks FROM files WHERE path = ?", (path,)
         ).fetchone()
@@ -76,31 +106,33 @@ class LocalCache:
         return row[4].split(",") if row[4] else []
 
     def remember_file(self, path: bytes, state: FileState, chunks: list[str], generation: int) -> None:
-        if self.db is not None:
-            self.db.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (path, state.size, state.mtime_ns, state.ctime_ns, state.inode, ",".join(chunks), generation),
-            )
+        self.pending_files.append(
+            (path, state.size, state.mtime_ns, state.ctime_ns, state.inode, ",".join(chunks), generation))
+        if len(self.pending_files) >= 5000:
+            self.commit()
 
     def touch_file(self, path: bytes, generation: int) -> None:
-        if self.db is not None:
-            self.db.execute("UPDATE files SET generation = ? WHERE path = ?", (generation, path))
+        self.pending_touches.append((generation, path))
+        if len(self.pending_touches) >= 5000:
+            self.commit()
 
+    @_tolerant(0)
     def next_generation(self) -> int:
-        if self.db is None:
-            return 0
+        assert self.db is not None
         row = self.db.execute("SELECT MAX(generation) FROM files").fetchone()
         return (row[0] or 0) + 1
 
+    @_tolerant(None)
     def forget_files_before(self, generation: int) -> None:
         """Drop entries not seen by a full scan (deleted files)."""
-        if self.db is not None:
-            self.db.execute("DELETE FROM files WHERE generation < ?", (generation,))
+        assert self.db is not None
+        self.commit()
+        self.db.execute("DELETE FROM files WHERE generation < ?", (generation,))
 
+    @_tolerant(None)
     def get_blob(self, blob_id: str) -> bytes | None:
         """A cached immutable object, only if it still matches its id."""
-        if self.db is None:
-            return None
+        assert self.db is not None
         row = self.db.execute("SELECT data FROM blobs WHERE id = ?", (blob_id,)).fetchone()
         if row is None:
             return None
@@ -109,35 +141,43 @@ class LocalCache:
             return None
         return bytes(row[0])
 
+    @_tolerant(None)
     def put_blob(self, blob_id: str, kind: str, data: bytes) -> None:
-        if self.db is not None:
-            self.db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (blob_id, kind, data))
+        assert self.db is not None
+        self.db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (blob_id, kind, data))
 
+    @_tolerant(None)
     def drop_blobs_except(self, kind: str, keep: set[str]) -> None:
-        if self.db is None:
-            return
+        assert self.db is not None
         stored = [row[0] for row in self.db.execute("SELECT id FROM blobs WHERE kind = ?", (kind,))]
         self.db.executemany("DELETE FROM blobs WHERE id = ?", [(i,) for i in stored if i not in keep])
 
+    @_tolerant(None)
     def get_snapshot(self, snapshot_id: str) -> bytes | None:
-        if self.db is None:
-            return None
+        assert self.db is not None
         row = self.db.execute("SELECT data FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    @_tolerant(None)
     def put_snapshot(self, snapshot_id: str, data: bytes) -> None:
-        if self.db is not None:
-            self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (snapshot_id, data))
+        assert self.db is not None
+        self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (snapshot_id, data))
 
+    @_tolerant(None)
     def keep_snapshots(self, listed: set[str]) -> None:
-        if self.db is None:
-            return
+        assert self.db is not None
         stored = [row[0] for row in self.db.execute("SELECT id FROM snapshots")]
         self.db.executemany("DELETE FROM snapshots WHERE id = ?", [(i,) for i in stored if i not in listed])
 
+    @_tolerant(None)
     def commit(self) -> None:
-        if self.db is not None:
-            try:
-                self.db.commit()
-            except sqlite3.Error as error:
-                log.warning("local cache not saved: %s", error)
+        """Write the buffered file entries, in one short transaction."""
+        assert self.db is not None
+        files, touches = self.pending_files, self.pending_touches
+        self.pending_files, self.pending_touches = [], []
+        if not files and not touches:
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", files)
+            self.db.executemany("UPDATE files SET generation = ? WHERE path = ?", touches)

@@ -18,9 +18,11 @@ from watcher import __version__
 from watcher.actions.check import run_check
 from watcher.actions.doctor import Verdict, check_repository, check_sources, check_state_dir
 from watcher.actions.listing import diff_snapshots, list_entries, snapshot_as_json
+from watcher.actions.prune import run_forget
 from watcher.actions.restore import run_restore
 from watcher.config import Settings, load_settings, read_environment
 from watcher.errors import ConfigError, ExitCode, WatcherError
+from watcher.locks import locked
 from watcher.logs import redact, setup_console
 from watcher.notify import check_mail_server, utc_now
 from watcher.repository import Repository
@@ -59,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("paths", nargs="*", metavar="PATH", help="absolute paths inside the snapshot")
     check = commands.add_parser("check", help="verify the repository (exit 1 when damaged)")
     check.add_argument("--read-data", action="store_true", help="also download and verify every stored byte")
+    forget = commands.add_parser("forget", help="apply the retention policy and remove data no snapshot needs",
+                                 description="Keeps what BACKUP_KEEP_LAST/_HOURLY/_DAILY/_WEEKLY/_MONTHLY/_YEARLY "
+                                             "say (restic's meaning; none set: keep all), then removes the data "
+                                             "no remaining snapshot needs.")
+    forget.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     commands.add_parser("doctor", help="check configuration, target, local state and mail, one line per check")
     commands.add_parser("run", help="the daemon: back up at start, then on every burst of changes",
                         description="Back up at start, then watch BACKUP_SOURCES and back up each burst of "
@@ -172,7 +179,8 @@ def cmd_restore(context: Context, args: argparse.Namespace) -> int:
 
 def cmd_check(context: Context, args: argparse.Namespace) -> int:
     repository = context.open_repository()
-    result = run_check(repository, read_data=args.read_data)
+    with locked(repository, exclusive=False):
+        result = run_check(repository, read_data=args.read_data)
     detail = f"{result.snapshots} snapshots, {result.packs} packs"
     if args.read_data:
         detail += f", {result.blobs} blobs and {format_size(result.bytes_read)} read and verified"
@@ -185,6 +193,21 @@ def cmd_check(context: Context, args: argparse.Namespace) -> int:
         context.out(f"damaged: {problem}")
     context.out(f"repository damaged: {len(result.problems)} problems ({detail})")
     return ExitCode.FAILED
+
+
+def cmd_forget(context: Context, args: argparse.Namespace) -> int:
+    result = run_forget(context.open_repository(), context.settings.retention, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for decision in result.decisions:
+        snapshot = decision.snapshot
+        if decision.keep:
+            context.out(f"keep   {snapshot.id} {snapshot.time_text} ({', '.join(decision.reasons)})")
+        else:
+            context.out(f"forget {snapshot.id} {snapshot.time_text}")
+    context.out(f"{verb} {result.removed_snapshots} snapshots; {result.deleted_packs} packs deleted, "
+                f"{result.repacked_packs} repacked, {format_size(result.freed_bytes)} freed; "
+                f"{result.kept_packs} packs kept as they are")
+    return ExitCode.OK
 
 
 def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
@@ -230,6 +253,7 @@ COMMANDS: dict[str, tuple[Callable[[Context, argparse.Namespace], int], bool, bo
     "diff": (cmd_diff, False, True),
     "restore": (cmd_restore, False, True),
     "check": (cmd_check, False, True),
+    "forget": (cmd_forget, False, True),
     "doctor": (cmd_doctor, True, True),
     "run": (cmd_run, True, True),
     "health": (cmd_health, False, False),

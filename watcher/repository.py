@@ -101,7 +101,9 @@ class Repository:
         self.cache = LocalCache(None)
         self.blobs: dict[str, BlobEntry] = {}
         self.packs: dict[str, int] = {}
+        self.pack_blobs: dict[str, list[BlobEntry]] = {}
         self.indexes: set[str] = set()
+        self.last_index = ""
         self.lock = threading.RLock()
 
     # -- opening -----------------------------------------------------------------------------
@@ -147,8 +149,9 @@ class Repository:
             document = json.loads(data)
             for pack in document["packs"]:
                 self.packs[pack["id"]] = int(pack["size"])
-                for row in pack["blobs"]:
-                    entry = BlobEntry.from_row(row, pack["id"])
+                entries = [BlobEntry.from_row(row, pack["id"]) for row in pack["blobs"]]
+                self.pack_blobs[pack["id"]] = entries
+                for entry in entries:
                     self.blobs.setdefault(entry.id, entry)
         except (ValueError, KeyError, TypeError) as error:
             raise IntegrityError(f"index {index_id[:12]} cannot be read: {error}") from error
@@ -234,7 +237,7 @@ class Repository:
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
 
-    def _commit_index(self, entries: list[tuple[str, int, list[BlobEntry]]]) -> None:
+    def commit_index(self, entries: list[tuple[str, int, list[BlobEntry]]]) -> None:
         document = {
             "version": 1,
             "packs": [
@@ -248,6 +251,7 @@ class Repository:
             self.backend.put(f"index/{index_id}", io.BytesIO(data))
         self.cache.put_blob(index_id, "index", data)
         self._add_index(index_id, data)
+        self.last_index = index_id
 
 
 class BlobWriter:
@@ -264,6 +268,7 @@ class BlobWriter:
         self.pending: set[str] = set()
         self.bytes_added = 0
         self.uploaded: list[tuple[str, int, list[BlobEntry]]] = []
+        self.written_packs: set[str] = set()
         self.queue: queue.Queue[tuple[str, bytes, list[BlobEntry]] | None] = queue.Queue(UPLOAD_QUEUE)
         self.error: BaseException | None = None
         self.on_upload: Callable[[int], None] = lambda size: None
@@ -275,17 +280,22 @@ class BlobWriter:
 
     def add(self, blob_id: str, blob_type: str, data: bytes | memoryview) -> bool:
         """Store a blob unless the repository already has it; True if it was new."""
-        self._raise_upload_error()
         if self.known(blob_id):
             return False
         encoding = "zlib" if blob_type == "tree" else "raw"
-        stored = encode_blob(data, encoding)
+        self.add_stored(blob_id, blob_type, encoding, encode_blob(data, encoding))
+        return True
+
+    def add_stored(self, blob_id: str, blob_type: str, encoding: str, stored: bytes) -> None:
+        """Pack an already encoded blob, even if another pack holds it (how `forget` repacks)."""
+        self._raise_upload_error()
+        if blob_id in self.pending:
+            return
         self.builder.add(blob_id, blob_type, encoding, stored)
         self.pending.add(blob_id)
         self.bytes_added += len(stored)
         if len(self.builder) >= self.pack_size:
             self._seal()
-        return True
 
     def _seal(self) -> None:
         if not self.builder.entries:
@@ -315,6 +325,7 @@ class BlobWriter:
                 with self.repository.lock:
                     self.repository.backend.put(pack_key(pack_id), io.BytesIO(data))
                 self.uploaded.append((pack_id, len(data), entries))
+                self.written_packs.add(pack_id)
                 self.on_upload(len(data))
                 if len(self.uploaded) >= INDEX_EVERY_PACKS:
                     self._write_index()
@@ -324,7 +335,7 @@ class BlobWriter:
     def _write_index(self) -> None:
         entries, self.uploaded = self.uploaded, []
         if entries:
-            self.repository._commit_index(entries)
+            self.repository.commit_index(entries)
 
     def _raise_upload_error(self) -> None:
         if self.error is not None:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from watcher.actions.backup import BackupOptions, BackupResult, Progress, run_backup
+from watcher.actions.prune import run_forget
 from watcher.backends import create_backend
 from watcher.config import Settings
 from watcher.errors import WatcherError
+from watcher.locks import locked
 from watcher.logs import RunLog
 from watcher.notify import RunReport, send_report, utc_now
 from watcher.repository import Repository
@@ -53,9 +55,25 @@ def attempt_backup(settings: Settings, *, progress: Progress | None = None, stop
     repository = open_repository(settings, create=True, stop=stop, policy=policy)
     try:
         options = BackupOptions(settings.sources, settings.exclude, settings.host, never_back_up(settings))
-        return run_backup(repository, options, progress, stop, changed)
+        with locked(repository, exclusive=False):
+            result = run_backup(repository, options, progress, stop, changed)
+        if result.snapshot is not None and settings.retention.is_set():
+            apply_retention(repository, settings)
+        return result
     finally:
         repository.close()
+
+
+def apply_retention(repository: Repository, settings: Settings) -> None:
+    """After a successful run: forget what the policy does not keep; a failure here is only logged."""
+    try:
+        outcome = run_forget(repository, settings.retention)
+    except WatcherError as error:
+        log.warning("retention not applied this time: %s", error)
+        return
+    if outcome.removed_snapshots:
+        log.info("retention: forgot %d snapshots, removed %d packs (%s)", outcome.removed_snapshots,
+                 outcome.deleted_packs, format_size(outcome.freed_bytes))
 
 
 @dataclass

@@ -1,0 +1,125 @@
+"""`forget`: apply the retention policy, then remove the data no remaining snapshot needs.
+
+Packs of which a large part is no longer needed are repacked: their needed blobs are copied
+into new packs. The order keeps the repository sound at every instant: forgotten snapshot files
+go first; new packs are uploaded and indexed; then one index naming only the packs that stay is
+written, the old index files go, and only then the packs no snapshot needs. A crash between
+steps leaves at worst packs that no index names, which the next `forget` removes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from watcher.config import Retention
+from watcher.locks import locked
+from watcher.pack import BlobEntry, decode_blob
+from watcher.repository import Repository, pack_key
+from watcher.retention import Decision, decide
+
+log = logging.getLogger(__name__)
+
+# A pack is repacked when at least this share of its bytes is no longer needed.
+REPACK_UNUSED_SHARE = 0.2
+
+
+@dataclass
+class ForgetResult:
+    decisions: list[Decision]
+    dry_run: bool
+    removed_snapshots: int = 0
+    deleted_packs: int = 0
+    repacked_packs: int = 0
+    freed_bytes: int = 0
+    kept_packs: int = 0
+
+
+def used_blobs(repository: Repository, tree_ids: list[str]) -> set[str]:
+    """Every tree and chunk reachable from the given root trees (each tree visited once)."""
+    used: set[str] = set()
+    stack = list(tree_ids)
+    while stack:
+        tree_id = stack.pop()
+        if tree_id in used:
+            continue
+        used.add(tree_id)
+        for node in repository.load_tree(tree_id):
+            used.update(node.content)
+            if node.subtree:
+                stack.append(node.subtree)
+    return used
+
+
+def _plan(repository: Repository, used: set[str], stored: dict[str, int]) -> tuple[set[str], set[str]]:
+    """(packs to delete outright, packs to repack)."""
+    doomed, repack = set(), set()
+    for pack in stored:
+        entries = repository.pack_blobs.get(pack, [])
+        needed = sum(entry.length for entry in entries if entry.id in used)
+        total = sum(entry.length for entry in entries)
+        if needed == 0:
+            doomed.add(pack)
+        elif total - needed >= REPACK_UNUSED_SHARE * total:
+            repack.add(pack)
+    return doomed, repack
+
+
+def _repack(repository: Repository, packs: set[str], used: set[str], staying: set[str]) -> set[str]:
+    """Copy the needed blobs of `packs` (that no staying pack holds) into new packs; return their ids."""
+    elsewhere = {entry.id for pack in staying for entry in repository.pack_blobs.get(pack, ())}
+    writer = repository.writer()
+    try:
+        for pack in sorted(packs):
+            data = repository.read_pack(pack)
+            for entry in repository.pack_blobs[pack]:
+                if entry.id in used and entry.id not in elsewhere:
+                    stored = data[entry.offset : entry.offset + entry.length]
+                    decode_blob(stored, entry)  # never copy a damaged blob silently
+                    writer.add_stored(entry.id, entry.type, entry.encoding, stored)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.written_packs
+
+
+def run_forget(repository: Repository, policy: Retention, dry_run: bool = False) -> ForgetResult:
+    """Forget what the policy does not keep, then prune; with `dry_run`, only say what would go."""
+    with locked(repository, exclusive=not dry_run):
+        decisions = decide(repository.list_snapshots(), policy)
+        result = ForgetResult(decisions, dry_run)
+        kept = [decision.snapshot for decision in decisions if decision.keep]
+        used = used_blobs(repository, [snapshot.tree for snapshot in kept])
+        stored = {info.key.rsplit("/", 1)[1]: info.size for info in repository.backend.list("packs")}
+        doomed, repack = _plan(repository, used, stored)
+        result.removed_snapshots = len(decisions) - len(kept)
+        result.deleted_packs, result.repacked_packs = len(doomed), len(repack)
+        result.freed_bytes = sum(stored[pack] for pack in doomed) + sum(
+            stored[pack] - sum(e.length for e in repository.pack_blobs[pack] if e.id in used) for pack in repack)
+        result.kept_packs = len(stored) - len(doomed) - len(repack)
+        if dry_run:
+            return result
+        for decision in decisions:
+            if not decision.keep:
+                repository.backend.delete(f"snapshots/{decision.snapshot.id}")
+                log.info("forgot snapshot %s", decision.snapshot.id)
+        if not doomed and not repack:
+            return result
+        old_indexes = set(repository.indexes)
+        new_packs = _repack(repository, repack, used, set(stored) - doomed - repack)
+        gone = (doomed | repack) - new_packs  # a new pack may be byte for byte an old one: same id
+        survivors: list[tuple[str, int, list[BlobEntry]]] = [
+            (pack, repository.packs[pack], entries)
+            for pack, entries in sorted(repository.pack_blobs.items()) if pack not in gone
+        ]
+        if survivors:
+            repository.commit_index(survivors)
+        # The new index may have the very id of an old one (same content): never delete that one.
+        for index_id in sorted((old_indexes | set(repository.indexes)) - {repository.last_index}):
+            repository.backend.delete(f"index/{index_id}")
+        for pack in sorted(gone):
+            repository.backend.delete(pack_key(pack))
+        log.info("removed %d packs, repacked %d into %d, about %d bytes freed", len(doomed), len(repack),
+                 len(new_packs), result.freed_bytes)
+        return result
