@@ -294,7 +294,11 @@ def _ancestor(run: _Run, path: str, name: str, rests: list[str], previous: Node 
         if node is not None:
             nodes.append(node)
     tree = run.store_tree(nodes)
-    return Node(name, "dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid, subtree=tree)
+    # A folder above the sources changes its mtime whenever anything else in it changes (another
+    # user's home folder, a temporary file): keep the recorded one, so that it alone never makes
+    # a new snapshot.
+    mtime_ns = previous.mtime_ns if previous is not None and previous.kind == "dir" else st.st_mtime_ns
+    return Node(name, "dir", stat.S_IMODE(st.st_mode), mtime_ns, st.st_uid, st.st_gid, subtree=tree)
 
 
 def find_parent(repository: Repository, host: str, sources: tuple[str, ...]) -> Snapshot | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from watcher.errors import SnapshotNotFoundError
 from watcher.repository import Repository, iter_tree
@@ -36,7 +37,8 @@ class Entry:
         node = self.node
         kind = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}[node.kind]
         suffix = f" -> {node.target}" if node.kind == "symlink" else ""
-        return f"{stat.filemode(kind | node.mode)} {node.size:>12} {self.path}{suffix}"
+        when = datetime.fromtimestamp(node.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{stat.filemode(kind | node.mode)} {node.uid:>5} {node.gid:>5} {node.size:>12} {when} {self.path}{suffix}"
 
 
 def snapshot_as_json(snapshot: Snapshot) -> dict[str, object]:
