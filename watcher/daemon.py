@@ -29,7 +29,8 @@ from watcher.config import Settings
 from watcher.errors import BackendError, InterruptedRunError, PermanentError, TransientError, WatcherError
 from watcher.health import HealthFile
 from watcher.notify import utc_now
-from watcher.runs import attempt_backup, finish_run, never_back_up, start_run_log
+from watcher.repository import Repository
+from watcher.runs import backup_into, finish_run, never_back_up, open_repository, start_run_log
 from watcher.scan import Excluder
 from watcher.watch import Batch, Debouncer, SourceWatcher
 
@@ -74,11 +75,10 @@ class PendingStore:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, attempt: Callable[..., BackupResult] = attempt_backup,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
-        self.attempt = attempt
         self.clock = clock
+        self.repository: Repository | None = None  # kept open between runs: a triggered run costs little
         self.stop = threading.Event()
         self.debouncer = Debouncer(settings.debounce_seconds, settings.max_delay_seconds, clock)
         excluder = Excluder(settings.exclude, never_back_up(settings))
@@ -121,6 +121,7 @@ class Daemon:
                     self.run_series(batch)
         finally:
             self.watcher.stop()
+            self._close_repository()
             self.pending.save(self._all_pending())
             self.health.stopped()
             log.info("watcher daemon stopped")
@@ -221,7 +222,18 @@ class Daemon:
         batch.merge(self.debouncer.take())  # changes that came during a back-off join this attempt
         self.pending.save(self._all_pending_with(batch))
         changed = None if batch.full else sorted(batch.paths)
-        return self.attempt(self.settings, stop=self.stop, changed=changed)
+        try:
+            if self.repository is None:
+                self.repository = open_repository(self.settings, create=True, stop=self.stop)
+            return backup_into(self.repository, self.settings, stop=self.stop, changed=changed)
+        except BaseException:
+            self._close_repository()  # the next attempt starts from a fresh connection
+            raise
+
+    def _close_repository(self) -> None:
+        if self.repository is not None:
+            self.repository.close()
+            self.repository = None
 
     def _succeeded(self, batch: Batch, result: BackupResult, run_log, started: datetime) -> None:
         self.retry_at = None

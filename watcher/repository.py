@@ -128,8 +128,14 @@ class Repository:
         self.backend.close()
 
     def load_index(self) -> None:
-        """Load every index file (from the local cache when it already holds it)."""
+        """Load the index files not loaded yet (from the local cache when it holds them).
+
+        If an index loaded earlier is gone, a `forget` rewrote the index and may have deleted
+        packs: everything is read again, so no blob is believed stored that is not.
+        """
         listed = {info.key.split("/", 1)[1] for info in self.backend.list("index")}
+        if self.indexes - listed:
+            self.blobs, self.packs, self.pack_blobs, self.indexes = {}, {}, {}, set()
         for index_id in sorted(listed - self.indexes):
             self._add_index(index_id, self._read_index(index_id))
         self.cache.drop_blobs_except("index", listed)

@@ -54,14 +54,21 @@ def attempt_backup(settings: Settings, *, progress: Progress | None = None, stop
     """One attempt: open, back up (everything, or only `changed` paths), close. Raises WatcherError."""
     repository = open_repository(settings, create=True, stop=stop, policy=policy)
     try:
-        options = BackupOptions(settings.sources, settings.exclude, settings.host, never_back_up(settings))
-        with locked(repository, exclusive=False):
-            result = run_backup(repository, options, progress, stop, changed)
-        if result.snapshot is not None and settings.retention.is_set():
-            apply_retention(repository, settings)
-        return result
+        return backup_into(repository, settings, progress=progress, stop=stop, changed=changed)
     finally:
         repository.close()
+
+
+def backup_into(repository: Repository, settings: Settings, *, progress: Progress | None = None,
+                stop: threading.Event | None = None, changed: list[str] | None = None) -> BackupResult:
+    """Back up into an open repository (the daemon keeps one open between runs), then apply retention."""
+    options = BackupOptions(settings.sources, settings.exclude, settings.host, never_back_up(settings))
+    with locked(repository, exclusive=False):
+        repository.load_index()  # under the lock: a `forget` that ran before it is seen, none runs during it
+        result = run_backup(repository, options, progress, stop, changed)
+    if result.snapshot is not None and settings.retention.is_set():
+        apply_retention(repository, settings)
+    return result
 
 
 def apply_retention(repository: Repository, settings: Settings) -> None:

@@ -38,7 +38,8 @@ class Entry:
         kind = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}[node.kind]
         suffix = f" -> {node.target}" if node.kind == "symlink" else ""
         when = datetime.fromtimestamp(node.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        return f"{stat.filemode(kind | node.mode)} {node.uid:>5} {node.gid:>5} {node.size:>12} {when} {self.path}{suffix}"
+        mode = stat.filemode(kind | node.mode)
+        return f"{mode} {node.uid:>5} {node.gid:>5} {node.size:>12} {when} {self.path}{suffix}"
 
 
 def snapshot_as_json(snapshot: Snapshot) -> dict[str, object]:
