@@ -158,3 +158,20 @@ def test_forget_never_loses_what_a_kept_snapshot_needs(tmp_path, seed):
         out = tmp_path / f"out-{snapshot.id}"
         assert run_restore(fresh, snapshot, out).errors == []
         assert describe_tree(out / str(source).lstrip("/")) == expected[snapshot.id]
+
+
+def test_a_long_lived_repository_sees_what_a_forget_removed(repository_with_history, tmp_path):
+    """The daemon keeps its repository open: after another process's forget it must not trust old blobs."""
+    daemon_view, backend, source = repository_with_history
+    other = open_repository(backend, tmp_path / "other-state")
+    run_forget(other, Retention(last=1))
+    daemon_view.load_index()
+    stored = {key.rsplit("/", 1)[1] for key in backend.objects if key.startswith("packs/")}
+    assert {entry.pack for entry in daemon_view.blobs.values()} <= stored
+    from tests.helpers import backup
+    (source / "again.txt").write_text("after the forget")
+    result = backup(daemon_view, source)
+    fresh = open_repository(backend, tmp_path / "fresh")
+    assert run_check(fresh, read_data=True).sound
+    run_restore(fresh, fresh.find_snapshot(result.snapshot.id), tmp_path / "out")
+    assert describe_tree(tmp_path / "out" / str(source).lstrip("/")) == describe_tree(source)
