@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, kind TEXT, data BLOB);
 CREATE TABLE IF NOT EXISTS snapshots (id TEXT PRIMARY KEY, data BLOB);
+CREATE INDEX IF NOT EXISTS files_by_generation ON files (generation);
 """
 BUSY_TIMEOUT_SECONDS = 5
 

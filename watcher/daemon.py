@@ -200,6 +200,7 @@ class Daemon:
                 before_sleep=self._before_retry,
                 reraise=True,
             )
+            began = self.clock()
             try:
                 result = retrying(self._attempt, batch)
             except InterruptedRunError:
@@ -211,6 +212,8 @@ class Daemon:
                 return
             finally:
                 self.last_run_end = self.clock()
+            log.info("run finished in %.3f s (connecting, reading the index, scanning, uploading)",
+                     self.last_run_end - began)
             self._succeeded(batch, result, run_log, started)
 
     def _all_pending_with(self, batch: Batch) -> Batch:

@@ -104,6 +104,7 @@ class Repository:
         self.pack_blobs: dict[str, list[BlobEntry]] = {}
         self.indexes: set[str] = set()
         self.last_index = ""
+        self.decoded: dict[str, Snapshot] = {}  # snapshot documents never change: decode each once
         self.lock = threading.RLock()
 
     # -- opening -----------------------------------------------------------------------------
@@ -210,7 +211,10 @@ class Repository:
     def list_snapshots(self) -> list[Snapshot]:
         """Every snapshot, oldest first."""
         ids = self.snapshot_ids()
-        snapshots = [self.load_snapshot(snapshot_id, cached=True) for snapshot_id in ids]
+        for snapshot_id in ids:
+            if snapshot_id not in self.decoded:
+                self.decoded[snapshot_id] = self.load_snapshot(snapshot_id, cached=True)
+        snapshots = [self.decoded[snapshot_id] for snapshot_id in ids]
         self.cache.keep_snapshots(set(ids))
         self.cache.commit()
         return sorted(snapshots, key=lambda snapshot: (snapshot.time, snapshot.id))
