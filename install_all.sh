@@ -47,7 +47,8 @@ case "$mode" in
       as_root apt-get update -qq
       as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     fi
-    if [ -f tests/servers/sftp_user.sh ]; then as_root bash tests/servers/sftp_user.sh; fi
+    as_root bash tests/servers/sftp_user.sh
+    as_root bash tests/servers/ftp_user.sh
     .venv/bin/ruff check .
     exec .venv/bin/python -m pytest -q
     ;;

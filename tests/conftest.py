@@ -54,4 +54,4 @@ def no_leaked_threads() -> Iterator[None]:
     pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
 
 
-pytest_plugins = ["tests.fixtures.smtp", "tests.fixtures.sftp"]
+pytest_plugins = ["tests.fixtures.smtp", "tests.fixtures.sftp", "tests.fixtures.ftp"]

@@ -2,7 +2,8 @@
 
 As restic runs one test suite over all its backends: what the repository relies on is written
 once, so a backend cannot quietly differ (listing order, hidden temporary names, atomic puts,
-NotFoundError on absence). The SFTP case runs against the real sshd of tests/fixtures/sftp.py.
+NotFoundError on absence). The SFTP case runs against the real sshd of tests/fixtures/sftp.py,
+the FTP and FTPS cases against the real vsftpd of tests/fixtures/ftp.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from watcher.errors import BackendConfigError, NotFoundError
 
 pytestmark = pytest.mark.timeout(120)
 
-KINDS = ("memory", "local", "sftp")
+KINDS = ("memory", "local", "sftp", "ftp", "ftps")
 BAD_KEYS = ["../x", "a//b", "a/.b", "x\r\nDELE y", "", "/abs", "a/", ".hidden", "a/../b", "a/b\x00"]
 
 
@@ -38,7 +39,7 @@ def backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
     elif kind == "local":
         subject = LocalBackend(tmp_path / "repository")
     else:
-        subject = request.getfixturevalue("sftp_backend")
+        subject = request.getfixturevalue(f"{kind}_backend")
     subject.open()
     try:
         yield subject
@@ -69,6 +70,15 @@ def plant(kind: str, backend: Backend) -> Callable[[str, bytes], None]:
                 file.write(data)
 
         return plant_sftp
+    if kind in ("ftp", "ftps"):
+
+        def plant_ftp(name: str, data: bytes) -> None:
+            session = backend._session()  # type: ignore[attr-defined]
+            path = f"{backend.root}/{name}"  # type: ignore[attr-defined]
+            session.makedirs(os.path.dirname(path))
+            session.storbinary(f"STOR {path}", io.BytesIO(data))
+
+        return plant_ftp
     pytest.skip(f"a {kind} backend cannot hold a name that is not a key")
 
 
@@ -284,7 +294,7 @@ def test_temporary_names_are_not_keys(backend: Backend) -> None:
 def test_describe_has_no_password(kind: str, backend: Backend, request: pytest.FixtureRequest) -> None:
     description = backend.describe()
     assert description.startswith(f"{backend.scheme}://")
-    if kind == "sftp":
-        server = request.getfixturevalue("sshd_server")
+    if kind in ("sftp", "ftp", "ftps"):
+        server = request.getfixturevalue({"sftp": "sshd_server"}.get(kind, f"{kind}_server"))
         assert server.password not in description
         assert server.password not in repr(backend)

@@ -29,4 +29,17 @@ def create_backend(settings: Settings) -> Backend:
             host_key_policy=settings.ssh_host_key,
             root=target.path,
         )
-    raise BackendConfigError(f"{target.scheme}:// targets are not supported yet")
+    if target.scheme in ("ftp", "ftps"):
+        from watcher.backends.ftp import FtpBackend
+
+        return FtpBackend(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            root=target.path,
+            tls=target.scheme == "ftps",
+            tls_ca_file=str(settings.tls_ca_file) if settings.tls_ca_file else None,
+            tls_verify=settings.tls_verify,
+        )
+    raise BackendConfigError(f"unknown target scheme {target.scheme}://")
