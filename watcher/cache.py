@@ -19,6 +19,7 @@ import functools
 import hashlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,8 @@ class LocalCache:
         self.warned = False
         self.pending_files: list[tuple[Any, ...]] = []
         self.pending_touches: list[tuple[int, bytes]] = []
+        self.pending_blobs: dict[str, tuple[str, str, bytes]] = {}
+        self.lock = threading.RLock()  # the upload thread records index files while the scan goes on
         if path is None:
             return
         try:
@@ -83,6 +86,8 @@ class LocalCache:
             self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False,
                                       isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
+            # WAL with synchronous=NORMAL: a crash may lose the last writes, never corrupt the file.
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as error:
             log.warning("local cache %s unusable (%s): every file will be read", path,
@@ -107,14 +112,18 @@ class LocalCache:
         return row[4].split(",") if row[4] else []
 
     def remember_file(self, path: bytes, state: FileState, chunks: list[str], generation: int) -> None:
-        self.pending_files.append(
-            (path, state.size, state.mtime_ns, state.ctime_ns, state.inode, ",".join(chunks), generation))
-        if len(self.pending_files) >= 5000:
+        with self.lock:
+            self.pending_files.append(
+                (path, state.size, state.mtime_ns, state.ctime_ns, state.inode, ",".join(chunks), generation))
+            full = len(self.pending_files) >= 5000
+        if full:
             self.commit()
 
     def touch_file(self, path: bytes, generation: int) -> None:
-        self.pending_touches.append((generation, path))
-        if len(self.pending_touches) >= 5000:
+        with self.lock:
+            self.pending_touches.append((generation, path))
+            full = len(self.pending_touches) >= 5000
+        if full:
             self.commit()
 
     @_tolerant(0)
@@ -134,6 +143,10 @@ class LocalCache:
     def get_blob(self, blob_id: str) -> bytes | None:
         """A cached immutable object, only if it still matches its id."""
         assert self.db is not None
+        with self.lock:
+            pending = self.pending_blobs.get(blob_id)
+        if pending is not None:
+            return pending[2]
         row = self.db.execute("SELECT data FROM blobs WHERE id = ?", (blob_id,)).fetchone()
         if row is None:
             return None
@@ -142,14 +155,20 @@ class LocalCache:
             return None
         return bytes(row[0])
 
-    @_tolerant(None)
     def put_blob(self, blob_id: str, kind: str, data: bytes) -> None:
-        assert self.db is not None
-        self.db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (blob_id, kind, data))
+        """Buffered: written with the next `commit`."""
+        if self.db is None:
+            return
+        with self.lock:
+            self.pending_blobs[blob_id] = (blob_id, kind, data)
+            full = len(self.pending_blobs) >= 2000
+        if full:
+            self.commit()
 
     @_tolerant(None)
     def drop_blobs_except(self, kind: str, keep: set[str]) -> None:
         assert self.db is not None
+        self.commit()
         stored = [row[0] for row in self.db.execute("SELECT id FROM blobs WHERE kind = ?", (kind,))]
         self.db.executemany("DELETE FROM blobs WHERE id = ?", [(i,) for i in stored if i not in keep])
 
@@ -174,11 +193,13 @@ class LocalCache:
     def commit(self) -> None:
         """Write the buffered file entries, in one short transaction."""
         assert self.db is not None
-        files, touches = self.pending_files, self.pending_touches
-        self.pending_files, self.pending_touches = [], []
-        if not files and not touches:
+        with self.lock:
+            files, touches, blobs = self.pending_files, self.pending_touches, self.pending_blobs
+            self.pending_files, self.pending_touches, self.pending_blobs = [], [], {}
+        if not files and not touches and not blobs:
             return
-        with self.db:
+        with self.lock, self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", files)
             self.db.executemany("UPDATE files SET generation = ? WHERE path = ?", touches)
+            self.db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", list(blobs.values()))
