@@ -242,3 +242,27 @@ def test_corrupt_pack_fails_restore_of_affected_files(tmp_path, source):
     result = run_restore(repository, snapshot, tmp_path / "out")
     assert any("b.bin" in error for error in result.errors)
     assert not (restored(tmp_path, source) / "sub/b.bin").exists()
+
+
+@pytest.mark.timeout(60)
+def test_restore_goes_on_past_files_it_cannot_write(tmp_path):
+    """Packs prefetched for files that fail are dropped; the restore neither stalls nor stops."""
+    from watcher.repository import Repository
+
+    source = make_tree(tmp_path / "src", {
+        **{f"a/f{i}.bin": os.urandom(300_000) for i in range(12)},
+        **{f"b/g{i}.bin": os.urandom(300_000) for i in range(12)},
+    })
+    repository = Repository(MemoryBackend(), None)
+    repository.open(create=True, pack_size=500_000)  # about two files a pack: many packs
+    repository.load_index()
+    snapshot = backup(repository, source).snapshot
+    out = tmp_path / "out"
+    blocked = out / str(source).lstrip("/") / "a"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the folder a/ should be")
+    result = run_restore(repository, snapshot, out)
+    assert result.files == 12 and len(result.errors) >= 12
+    assert all(f"{source}/a" in error for error in result.errors)
+    for i in range(12):
+        assert (out / str(source).lstrip("/") / f"b/g{i}.bin").read_bytes() == (source / f"b/g{i}.bin").read_bytes()

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from watcher.snapshot import Node, Snapshot
 log = logging.getLogger(__name__)
 
 PACK_CACHE_BYTES = 96 * 1024 * 1024
+PREFETCH_PACKS = 2
 WHOLE_PACK_FRACTION = 0.25
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -93,14 +95,82 @@ def _plan(repository: Repository, tree_id: str, selection: _Selection) -> list[t
     return entries
 
 
+class _Prefetcher:
+    """Downloads whole packs in the order the restore first needs them, a few ahead, so the
+    network and the local disk work at the same time. A pack needed again later, or out of
+    that order, is fetched by the caller itself."""
+
+    def __init__(self, repository: Repository, order: list[str], ahead: int = PREFETCH_PACKS) -> None:
+        self.repository = repository
+        self.order = order
+        self.position = {pack: index for index, pack in enumerate(order)}
+        self.ahead = ahead
+        self.ready: dict[str, bytes | BaseException] = {}
+        self.taken = -1
+        self.stopped = False
+        self.condition = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="pack-prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for index, pack in enumerate(self.order):
+            with self.condition:
+                while not self.stopped and len(self.ready) >= self.ahead:
+                    self.condition.wait()
+                if self.stopped:
+                    return
+                if index < self.taken:
+                    continue  # the restore went past it (a file failed)
+            try:
+                data: bytes | BaseException = self.repository.read_pack(pack)
+            except BaseException as error:  # handed to the restore's thread by take()
+                data = error
+            with self.condition:
+                self.ready[pack] = data
+                self.condition.notify_all()
+
+    def take(self, pack: str) -> bytes | None:
+        """The pack, once downloaded; None if the prefetcher will not bring it (any more)."""
+        index = self.position.get(pack)
+        with self.condition:
+            if index is None or index <= self.taken:
+                return None
+            self.taken = index
+            while True:
+                for skipped in [p for p in self.ready if self.position[p] < index]:
+                    del self.ready[skipped]
+                self.condition.notify_all()
+                if pack in self.ready:
+                    data = self.ready.pop(pack)
+                    break
+                self.condition.wait()
+        if isinstance(data, BaseException):
+            raise data
+        return data
+
+    def close(self) -> None:
+        with self.condition:
+            self.stopped = True
+            self.ready.clear()
+            self.condition.notify_all()
+        self.thread.join(timeout=30)
+
+
 class _BlobSource:
     """Fetches data blobs: whole packs when much of them is needed, single ranges otherwise."""
 
-    def __init__(self, repository: Repository, needed: dict[str, int]) -> None:
+    def __init__(self, repository: Repository, needed: dict[str, int], order: list[str]) -> None:
         self.repository = repository
         self.needed = needed
         self.packs: OrderedDict[str, bytes] = OrderedDict()
         self.cached_bytes = 0
+        self.prefetcher = _Prefetcher(repository, [pack for pack in order if self.whole(pack)])
+
+    def whole(self, pack: str) -> bool:
+        return self.needed.get(pack, 0) >= self.repository.packs.get(pack, 1) * WHOLE_PACK_FRACTION
+
+    def close(self) -> None:
+        self.prefetcher.close()
 
     def get(self, blob_id: str) -> bytes:
         entry = self.repository.blobs.get(blob_id)
@@ -109,8 +179,8 @@ class _BlobSource:
         data = self.packs.get(entry.pack)
         if data is not None:
             self.packs.move_to_end(entry.pack)
-        elif self.needed.get(entry.pack, 0) >= self.repository.packs.get(entry.pack, 1) * WHOLE_PACK_FRACTION:
-            data = self.repository.read_pack(entry.pack)
+        elif self.whole(entry.pack):
+            data = self.prefetcher.take(entry.pack) or self.repository.read_pack(entry.pack)
             self.packs[entry.pack] = data
             self.cached_bytes += len(data)
             while self.cached_bytes > PACK_CACHE_BYTES and len(self.packs) > 1:
@@ -223,7 +293,7 @@ def run_restore(
     missing = selection.missing()
     if missing:
         raise SnapshotNotFoundError(f"not in snapshot {snapshot.id}: {', '.join(missing)}")
-    needed: dict[str, int] = {}
+    needed: dict[str, int] = {}  # pack -> bytes of it the restore needs, in order of first need
     total = 0
     for _parts, node in plan:
         for blob_id in node.content:
@@ -233,7 +303,7 @@ def run_restore(
         total += node.size
     progress = progress or RestoreProgress()
     progress.start(total)
-    source = _BlobSource(repository, needed)
+    source = _BlobSource(repository, needed, list(needed))
     restorer = _Restorer(repository, target, progress)
     try:
         for parts, node in plan:
@@ -258,5 +328,6 @@ def run_restore(
                 except OSError as error:
                     restorer.result.errors.append(f"/{'/'.join(parts)}: {error.strerror or error}")
     finally:
+        source.close()
         restorer.folders.close()
     return restorer.result
