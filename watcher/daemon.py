@@ -212,9 +212,7 @@ class Daemon:
                 return
             finally:
                 self.last_run_end = self.clock()
-            log.info("run finished in %.3f s (connecting, reading the index, scanning, uploading)",
-                     self.last_run_end - began)
-            self._succeeded(batch, result, run_log, started)
+            self._succeeded(batch, result, run_log, started, self.last_run_end - began)
 
     def _all_pending_with(self, batch: Batch) -> Batch:
         pending = self._all_pending()
@@ -238,13 +236,13 @@ class Daemon:
             self.repository.close()
             self.repository = None
 
-    def _succeeded(self, batch: Batch, result: BackupResult, run_log, started: datetime) -> None:
+    def _succeeded(self, batch: Batch, result: BackupResult, run_log, started: datetime, elapsed: float) -> None:
         self.retry_at = None
         self.outage_reported = False
         if result.full_scan and self.settings.rescan_seconds > 0:
             self.next_rescan = self.clock() + self.settings.rescan_seconds
         self.health.run_finished(True)
-        finish_run(self.settings, run_log, started, result, None, None)
+        finish_run(self.settings, run_log, started, result, None, None, elapsed)
         self.pending.save(self._all_pending())
 
     def _failed(self, batch: Batch, error: WatcherError, run_log, started: datetime) -> None:

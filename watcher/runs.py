@@ -90,8 +90,11 @@ class RunOutcome:
     error: WatcherError | None
 
 
-def describe_result(result: BackupResult) -> str:
+def describe_result(result: BackupResult, elapsed: float | None = None) -> str:
+    """One line for the log and the terminal; `elapsed` adds the whole attempt's time (the daemon's)."""
     summary = result.summary
+    if elapsed is not None:
+        return f"{describe_result(result)} ({elapsed:.3f} s with connecting and reading the index)"
     counts = (f"{summary.files} files ({summary.new} new, {summary.changed} changed, "
               f"{summary.unchanged} unchanged, {summary.removed} removed)")
     if result.snapshot is None:
@@ -102,11 +105,11 @@ def describe_result(result: BackupResult) -> str:
 
 
 def finish_run(settings: Settings, run_log: RunLog, started: datetime, result: BackupResult | None,
-               error: WatcherError | None, next_step: str | None) -> RunOutcome:
+               error: WatcherError | None, next_step: str | None, elapsed: float | None = None) -> RunOutcome:
     """Log the outcome, build the report (with the run's log so far) and mail it per MAIL_ON."""
     target = settings.target.describe() if settings.target else "?"
     if result is not None:
-        log.info("%s", describe_result(result))
+        log.info("%s", describe_result(result, elapsed))
         if result.warnings:
             log.warning("%d files or folders could not be read", len(result.warnings))
     else:
