@@ -49,8 +49,8 @@ class RetryingBackend(Backend):
 
     def _before_sleep(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        log.warning("%s failed (%s); attempt %d of %d in %.1f s", self.inner.describe(), error,
-                    state.attempt_number + 1, self.policy.attempts, state.upcoming_sleep)
+        log.warning("%s; attempt %d of %d in %.1f s", error, state.attempt_number + 1, self.policy.attempts,
+                    state.upcoming_sleep)
 
     def _call(self, operation: Callable[[], T], reset: Callable[[], None] | None = None) -> T:
         retrying = Retrying(
