@@ -52,7 +52,7 @@ def encode_blob(data: bytes | memoryview, encoding: str) -> bytes:
     return zlib.compress(data, 6) if encoding == "zlib" else bytes(data)
 
 
-def decode_blob(stored: bytes, entry: BlobEntry) -> bytes:
+def decode_blob(stored: bytes | memoryview, entry: BlobEntry) -> bytes | memoryview:
     """The blob's content, verified against its id: every byte read back is checked."""
     try:
         data = zlib.decompress(stored) if entry.encoding == "zlib" else stored

@@ -93,6 +93,9 @@ class RetryingBackend(Backend):
 
         self._call(lambda: self.inner.get(key, sink), reset)
 
+    def get_bytes(self, key: str) -> bytes:
+        return self._call(lambda: self.inner.get_bytes(key))  # the backend may have a faster way
+
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         return self._call(lambda: self.inner.read_range(key, offset, length))
 
