@@ -1,0 +1,625 @@
+"""Benchmark watcher against restic and OpenSSH sftp, on file:// and sftp:// targets, side by side.
+
+What is measured, for each target, on the data set of bench/dataset.py:
+
+  first backup       into a new repository: watcher with a new BACKUP_STATE_DIR, restic after an
+                     untimed `restic init` with a new cache folder
+  no-change re-run   the same backup again, nothing changed, state and caches kept (as a daemon's)
+  1% changed re-run  after dataset.change_one_percent (1% of the small files rewritten, 1 MiB
+                     appended to one large file)
+  restore            the latest snapshot into an empty folder
+
+OpenSSH's `sftp -b` puts the same tree (`put -r`) and gets it back (`get -r`) over the same
+sshd: what the protocol gives on this machine, the ceiling for first backup and restore; it
+also copies the large files alone, its bulk rate without a round trip per small file.
+
+How: one sshd (tests/servers/sshd/sshd_config, the tests' account, key login) on 127.0.0.1,
+started by this script. Each round starts every target from a fresh copy of the generated
+data set; within a step every tool runs in turn (the order rotates between rounds), after an
+untimed `sync`, so all see the same bytes with the same warm page cache; nothing is deleted
+before the end (see run_round). Each command runs under /usr/bin/time. Reported, over `--repeat`
+rounds: the median wall time, throughput (bytes / median time) for first backup and restore,
+the median CPU time (user + system, children included), and the median peak memory: the larger
+of the process tree's summed RSS (psutil, sampled every 50 ms) and its largest process's max RSS.
+The sshd is not counted. Writes docs/BENCHMARKS.md (unless --no-docs), and the raw samples and
+the commands' output to bench/results/.
+
+    .venv/bin/python bench/run.py [--small N] [--large N] [--large-mib N] [--repeat 3] [--targets file,sftp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import pwd
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs" / "BENCHMARKS.md"
+CIPHER = "aes128-gcm@openssh.com"  # watcher's first choice; given to ssh and sftp too, so all encrypt alike
+RESTIC_PASSWORD = "bench-only"
+SAMPLE_SECONDS = 0.05
+DISK_PER_ROUND = 14  # data set sizes written per round: copies of the data, repositories, restores
+# In the order they run; the "large files only" steps are OpenSSH's alone: the protocol's bulk
+# ceiling, without the per-file round trips that `put -r` and `get -r` pay for each small file.
+STEPS = ("first backup", "first backup, large files only", "no-change re-run", "1% changed re-run", "restore",
+         "restore, large files only")
+BULK = ("first backup, large files only", "restore, large files only")
+TOOLS = ("watcher", "restic", "OpenSSH sftp")
+MiB = 1024 * 1024
+LATER_SECTIONS = "## FTP and FTPS"  # from there on, docs/BENCHMARKS.md belongs to the FTP and daemon benchmarks
+
+sys.path.insert(0, str(ROOT))
+
+
+def ensure_installed() -> None:
+    """Debian's restic and OpenSSH, the tests' sftp account, and bench/requirements.txt in this venv."""
+    wanted = {"restic": "/usr/bin/restic", "openssh-server": "/usr/sbin/sshd", "openssh-client": "/usr/bin/sftp",
+              "time": "/usr/bin/time"}
+    missing = [package for package, path in wanted.items() if not Path(path).exists()]
+    if missing:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if not all(importlib.util.find_spec(name) for name in ("psutil", "pytest", "pyinstrument")):
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "-r", str(ROOT / "bench" / "requirements.txt")], check=True)
+    try:
+        pwd.getpwnam("watcher-sftp")
+    except KeyError:
+        subprocess.run(["sh", str(ROOT / "tests" / "servers" / "sftp_user.sh")], check=True)
+
+
+# -- the SFTP server ---------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    port: int
+    key: Path
+    known_hosts: Path
+    scratch: Path  # the folder the account may write, seen from this machine
+    user: str = "watcher-sftp"
+
+    def ssh_options(self) -> list[str]:
+        """What ssh and sftp are given: no user config, this key only, strict host key, our cipher."""
+        return ["-F", "/dev/null", "-i", str(self.key), "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes", "-c", CIPHER]
+
+
+@contextlib.contextmanager
+def sshd(work: Path) -> Iterator[Server]:
+    """The tests' sshd (tests/fixtures/sftp.py's code and approach) with one client key."""
+    from tests.fixtures.sftp import SFTP_TEST_USER, _keygen, _sshd_knows, _start_sshd
+
+    account = pwd.getpwnam(SFTP_TEST_USER)
+    # sshd reads authorized_keys as the user, with StrictModes: it lives in the account's home.
+    served = Path(tempfile.mkdtemp(prefix=".watcher-bench-", dir=account.pw_dir))
+    try:
+        served.chmod(0o755)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        host_key = _keygen(served / "ssh_host_ed25519_key", "ed25519")
+        key = _keygen(work / "id_ed25519", "ed25519")
+        authorized = served / "authorized_keys"
+        authorized.write_text(Path(f"{key}.pub").read_text())
+        authorized.chmod(0o644)
+        scratch = served / "scratch"
+        scratch.mkdir(mode=0o755)
+        os.chown(scratch, account.pw_uid, account.pw_gid)
+        options = ["-o", f"HostKey={host_key}", "-o", f"AuthorizedKeysFile={authorized}"]
+        if _sshd_knows("PerSourcePenalties=no", host_key):
+            options += ["-o", "PerSourcePenalties=no"]
+        server = _start_sshd(served, work / "sshd.log", options)
+        try:
+            kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
+            known_hosts = work / "known_hosts"
+            known_hosts.write_text(f"[127.0.0.1]:{server.port} {kind} {blob}\n")
+            yield Server(server.port, key, known_hosts, scratch, SFTP_TEST_USER)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(served, ignore_errors=True)
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    seconds: float  # wall time
+    cpu_seconds: float  # user + system, of the command and the children it waited for
+    peak_bytes: int
+
+
+def _sample_tree(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    """Keep in `peak` the largest summed RSS of the processes below `pid` (/usr/bin/time itself excluded)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    while True:
+        total = 0
+        with contextlib.suppress(psutil.Error):
+            for process in root.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+        peak[0] = max(peak[0], total)
+        if stop.wait(SAMPLE_SECONDS):
+            return
+
+
+def measure(command: list[str], env: dict[str, str], cwd: Path, log: TextIO) -> Sample:
+    """Run `command` to completion: its wall time and peak memory; a failure stops the benchmark.
+
+    It runs under /usr/bin/time, which reports its CPU time and, as "Maximum resident set size",
+    its largest process (this script's own wait4 figure would include the memory of the Python
+    process it forked from, since Linux keeps the pre-exec high-water mark).
+    """
+    log.write(f"$ {shlex.join(command)}\n")
+    log.flush()
+    report = cwd / "time-report"
+    stop, peak = threading.Event(), [0]
+    started = time.perf_counter()
+    process = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", str(report), *command], env=env, cwd=cwd,
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    sampler = threading.Thread(target=_sample_tree, args=(process.pid, stop, peak), daemon=True)
+    sampler.start()
+    process.wait()
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"exit status {process.returncode}: {shlex.join(command)} (see {log.name})")
+    largest_kib, user, system = report.read_text().split()[-3:]
+    report.unlink()
+    return Sample(seconds, float(user) + float(system), max(peak[0], int(largest_kib) * 1024))
+
+
+# -- the tools ---------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without anything that would change how a tool behaves, plus `extra`."""
+    prefixes = ("BACKUP_", "SMTP_", "MAIL_", "RESTIC_", "SSH_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | extra
+
+
+class Tool:
+    """One tool's repository for one round on one target. `command` is None for a step it skips."""
+
+    name = ""
+
+    def prepare(self, log: TextIO) -> None:
+        pass
+
+    def command(self, step: str, restore_to: Path) -> list[str] | None:
+        raise NotImplementedError
+
+
+class Watcher(Tool):
+    name = "watcher"
+
+    def __init__(self, data: Path, work: Path, server: Server | None) -> None:
+        if server is None:
+            target = f"file://{work / 'watcher-repo'}"
+            ssh: dict[str, str] = {}
+        else:
+            target = f"sftp://{server.user}@127.0.0.1:{server.port}{server.scratch / work.name / 'watcher-repo'}"
+            ssh = {"BACKUP_SSH_KEY": str(server.key), "BACKUP_SSH_KNOWN_HOSTS": str(server.known_hosts)}
+        self.env = clean_env(BACKUP_SOURCES=str(data), BACKUP_TARGET=target,
+                             BACKUP_STATE_DIR=str(work / "watcher-state"), **ssh)
+
+    def command(self, step: str, restore_to: Path) -> list[str] | None:
+        if step in BULK:
+            return None
+        if step == "restore":
+            return [str(BIN / "watcher"), "restore", "latest", "--to", str(restore_to)]
+        return [str(BIN / "watcher"), "backup"]
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def __init__(self, data: Path, work: Path, server: Server | None) -> None:
+        self.data = data
+        self.options: list[str] = []
+        if server is None:
+            repository = str(work / "restic-repo")
+        else:
+            repository = f"sftp:{server.user}@127.0.0.1:{server.scratch / work.name / 'restic-repo'}"
+            ssh = ["ssh", "-p", str(server.port), *server.ssh_options(), f"{server.user}@127.0.0.1", "-s", "sftp"]
+            self.options = ["-o", f"sftp.command={shlex.join(ssh)}"]
+        self.env = clean_env(RESTIC_REPOSITORY=repository, RESTIC_PASSWORD=RESTIC_PASSWORD,
+                             RESTIC_CACHE_DIR=str(work / "restic-cache"))
+
+    def prepare(self, log: TextIO) -> None:
+        subprocess.run(["restic", *self.options, "init"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                       check=True)
+
+    def command(self, step: str, restore_to: Path) -> list[str] | None:
+        if step in BULK:
+            return None
+        if step == "restore":
+            return ["restic", *self.options, "restore", "latest", "--target", str(restore_to)]
+        return ["restic", *self.options, "backup", str(self.data)]
+
+
+class OpenSsh(Tool):
+    """`sftp -b`: the whole tree up with `put -r` (first backup), back with `get -r` (restore)."""
+
+    name = "OpenSSH sftp"
+
+    def __init__(self, data: Path, work: Path, server: Server) -> None:
+        self.data = data
+        self.work = work
+        self.remote = server.scratch / work.name / "openssh"
+        self.base = ["sftp", "-q", "-P", str(server.port), *server.ssh_options()]
+        self.login = f"{server.user}@127.0.0.1"
+        self.env = clean_env()
+
+    def command(self, step: str, restore_to: Path) -> list[str] | None:
+        if step == "first backup":
+            batch = f"put -r {self.data} {self.remote}\n"
+        elif step == "first backup, large files only":
+            batch = f"put -r {self.data / 'large'} {self.remote}-large\n"
+        elif step == "restore":
+            restore_to.mkdir()
+            batch = f"get -r {self.remote} {restore_to / 'data'}\n"
+        elif step == "restore, large files only":
+            restore_to.mkdir()
+            batch = f"get -r {self.remote}-large {restore_to / 'large'}\n"
+        else:
+            return None
+        script = self.work / "sftp-batch"
+        script.write_text(batch)
+        return [*self.base, "-b", str(script), self.login]
+
+
+# -- one run -----------------------------------------------------------------------------------
+
+Samples = dict[str, dict[str, dict[str, list[Sample]]]]  # target -> step -> tool -> samples
+
+
+def count_files(folder: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
+def run_round(number: int, target: str, pristine: Path, work_root: Path, server: Server | None,
+              samples: Samples, log: TextIO) -> None:
+    """Every tool through the steps on a fresh copy of the data set.
+
+    Nothing is deleted until the whole run ends: on ext4 without a journal (this machine's disk),
+    inodes freed in the last minutes are skipped one by one when files are created, so a deleted
+    tree would slow every later restore.
+    """
+    work = work_root / f"round{number}-{target}"
+    work.mkdir()
+    data = work / "data"
+    subprocess.run(["cp", "-a", str(pristine), str(data)], check=True)
+    expected_files = {"restore": count_files(data), "restore, large files only": count_files(data / "large")}
+    tools: list[Tool] = [Watcher(data, work, server), Restic(data, work, server)]
+    if server is not None:
+        tools.append(OpenSsh(data, work, server))
+        (server.scratch / work.name).mkdir()
+        os.chown(server.scratch / work.name, *_owner(server.scratch))
+    tools = tools[number % len(tools):] + tools[: number % len(tools)]
+    for tool in tools:
+        tool.prepare(log)
+    for step in STEPS:
+        if step == "1% changed re-run":
+            from bench.dataset import change_one_percent
+
+            change_one_percent(data)
+        for tool in tools:
+            restore_to = work / f"{tool.name}-{step}".replace(" ", "-").replace(",", "")
+            command = tool.command(step, restore_to)
+            if command is None:
+                continue
+            os.sync()
+            log.write(f"# round {number}, {target}, {step}, {tool.name}\n")
+            sample = measure(command, tool.env, work, log)
+            samples[target][step].setdefault(tool.name, []).append(sample)
+            print(f"  round {number + 1} {target:4} {step:30} {tool.name:12} {sample.seconds:6.2f} s "
+                  f"{sample.cpu_seconds:6.2f} s CPU {sample.peak_bytes / MiB:5.0f} MiB", flush=True)
+            if step in expected_files and count_files(restore_to) != expected_files[step]:
+                raise RuntimeError(f"{tool.name} restored {count_files(restore_to)} files, not {expected_files[step]}")
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_uid, info.st_gid
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def machine_facts() -> dict[str, str]:
+    def first_line(command: list[str]) -> str:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        return (result.stdout or result.stderr).strip().splitlines()[0]
+
+    import paramiko
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    os_name = next((line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines()
+                    if line.startswith("PRETTY_NAME=")), "")
+    commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "watcher"],
+                             capture_output=True, text=True, check=False).stdout.split("\n")
+    changed = [line[3:] for line in changed if line.strip()]
+    if changed:
+        commit += f", with uncommitted changes to {', '.join(changed)}"
+    return {
+        "CPU": f"{cpu}, {os.cpu_count()} cores",
+        "RAM": f"{memory_kib / 1024 / 1024:.1f} GiB",
+        "OS, kernel": f"{os_name}, Linux {platform.release()}",
+        "disk": f"{first_line(['stat', '-f', '-c', '%T', tempfile.gettempdir()])} (data, repositories and "
+                "restores on the same disk)",
+        "Python, paramiko": f"{platform.python_version()}, {paramiko.__version__}",
+        "watcher": f"commit {commit}",
+        "restic": first_line(["restic", "version"]),
+        "OpenSSH": first_line(["ssh", "-V"]),
+    }
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    """CPU time of this process and of every child it has waited for (the tools, sshd once stopped)."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def median_seconds(samples: list[Sample]) -> float:
+    return statistics.median(sample.seconds for sample in samples)
+
+
+def median_peak(samples: list[Sample]) -> float:
+    return statistics.median(sample.peak_bytes for sample in samples)
+
+
+def median_cpu(samples: list[Sample]) -> float:
+    return statistics.median(sample.cpu_seconds for sample in samples)
+
+
+def tables(samples: Samples, sizes: dict[str, int]) -> str:
+    """Markdown tables of medians: wall time (throughput where `sizes` gives the bytes moved), CPU, memory."""
+    rows = [(step, target, samples[target][step]) for step in STEPS for target in samples if samples[target][step]]
+    head = "| operation | target | " + " | ".join(TOOLS)
+    lines = [head + " | watcher / restic (time) |", "|---|---|" + "---:|" * (len(TOOLS) + 1)]
+    for step, target, by_tool in rows:
+        cells = []
+        for tool in TOOLS:
+            if tool not in by_tool:
+                cells.append("—")
+                continue
+            seconds = median_seconds(by_tool[tool])
+            rate = f" ({sizes[step] / MiB / seconds:.0f} MiB/s)" if step in sizes else ""
+            cells.append(f"{seconds:.2f} s{rate}")
+        ratio = "—"
+        if "watcher" in by_tool and "restic" in by_tool:
+            ratio = f"{median_seconds(by_tool['watcher']) / median_seconds(by_tool['restic']):.2f}"
+        lines.append(f"| {step} | {target} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += ["", "CPU time, user + system, of the client (median; the sshd serving it is not counted):", "",
+              head + " |", "|---|---|" + "---:|" * len(TOOLS)]
+    for step, target, by_tool in rows:
+        cells = [f"{median_cpu(by_tool[tool]):.2f} s" if tool in by_tool else "—" for tool in TOOLS]
+        lines.append(f"| {step} | {target} | " + " | ".join(cells) + " |")
+    lines += ["", "Peak memory (median over the rounds of each command's peak RSS):", "",
+              head + " |", "|---|---|" + "---:|" * len(TOOLS)]
+    for step, target, by_tool in rows:
+        cells = [f"{median_peak(by_tool[tool]) / MiB:.0f} MiB" if tool in by_tool else "—" for tool in TOOLS]
+        lines.append(f"| {step} | {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(samples: Samples, sizes: dict[str, int], small_files: int) -> list[str]:
+    """The issue's targets, each met or not, with the figures behind the verdict."""
+    def t(target: str, step: str, tool: str) -> float:
+        return median_seconds(samples[target][step][tool])
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    lines = []
+    if "sftp" in samples:
+        watcher, restic, ceiling = (t("sftp", "first backup", tool) for tool in TOOLS)
+        lines.append(f"- First backup over SFTP at least as fast as restic: {verdict(watcher <= restic)} "
+                     f"({watcher:.2f} s against {restic:.2f} s).")
+        ours, theirs = sizes["first backup"] / MiB / watcher, sizes["first backup"] / MiB / ceiling
+        bulk = sizes["first backup, large files only"] / MiB / t("sftp", "first backup, large files only", TOOLS[2])
+        lines.append(f"- First backup over SFTP at least half of OpenSSH sftp's throughput: "
+                     f"{verdict(ours >= theirs / 2)} ({ours:.0f} MiB/s against {theirs:.0f} MiB/s, "
+                     f"{ours / theirs:.0%}; against sftp's bulk rate on the large files alone, {bulk:.0f} MiB/s, "
+                     f"{ours / bulk:.0%}).")
+    scale = "" if small_files == 5000 else f"; measured on {small_files:,} small files, not 5,000"
+    for target in samples:
+        watcher, restic = t(target, "no-change re-run", "watcher"), t(target, "no-change re-run", "restic")
+        lines.append(f"- No-change re-run ({target}) under one second and faster than restic's: "
+                     f"{verdict(watcher < 1 and watcher < restic)} ({watcher:.2f} s against {restic:.2f} s{scale}).")
+    for target in samples:
+        watcher, restic = t(target, "restore", "watcher"), t(target, "restore", "restic")
+        lines.append(f"- Restore ({target}) at least as fast as restic's: {verdict(watcher <= restic)} "
+                     f"({watcher:.2f} s against {restic:.2f} s).")
+    return lines
+
+
+def document(facts: dict[str, str], args: argparse.Namespace, data_bytes: int, table: str, verdicts: list[str],
+             started: datetime, minutes: float) -> str:
+    command = "sudo .venv/bin/python bench/run.py" if os.geteuid() else ".venv/bin/python bench/run.py"
+    options = f" --small {args.small} --large {args.large} --large-mib {args.large_mib} --repeat {args.repeat}"
+    return f"""# Benchmarks
+
+Measured by `bench/run.py` on {started:%Y-%m-%d} ({minutes:.1f} minutes for the whole run); run it again with:
+
+```sh
+{command}{options} --targets {args.targets}
+```
+
+It needs root (it starts its own sshd and logs in the tests' account), installs what is missing
+(Debian's restic and openssh-server, `bench/requirements.txt` into the venv), and needs about
+{DISK_PER_ROUND * data_bytes * args.repeat / 2**30:.0f} GiB free in the temporary folder, freed at the end.
+
+## Machine
+
+{chr(10).join(f"- {name}: {value}" for name, value in facts.items())}
+
+## Data set
+
+`bench/dataset.py`: {args.small:,} small files (200 B to 40 kB, in {max(1, args.small // 100)} x 10 folders)
+plus {args.large} x {args.large_mib} MiB files, random (incompressible) bytes, {data_bytes / MiB:.1f} MiB in
+all. The 1% change rewrites {max(1, args.small // 100)} small files and appends 1 MiB to one large file.
+
+## Method
+
+- One sshd on 127.0.0.1, started by the benchmark with `tests/servers/sshd/sshd_config` (the tests'
+  account, key login, `internal-sftp`); the repositories live on the same disk as the data.
+- **watcher**: `watcher backup` with a new `BACKUP_STATE_DIR` for the first backup, kept for the re-runs
+  (as a daemon keeps it); `watcher restore latest --to DIR`. Over SFTP it logs in with a key, strict
+  host key checking.
+- **restic**: `restic init` (not timed), then `restic backup DIR` and `restic restore latest --target DIR`,
+  with `RESTIC_PASSWORD` and a new `RESTIC_CACHE_DIR` per round; over SFTP through
+  `-o sftp.command="ssh -p PORT ... -s sftp"` with the same key. restic's defaults: it encrypts, and its
+  v2 repositories compress (`auto`); watcher does neither.
+- **OpenSSH sftp**: `sftp -b` with `put -r` of the data set (first backup row) and `get -r` of it (restore
+  row): plain copies, the protocol's ceiling on this machine, with its default request size and count.
+  It copies one file after the other, so the small files cost it round trips that watcher and restic,
+  which pack them, do not pay: the "large files only" rows are its bulk rate, without them.
+- ssh, sftp and watcher all use `{CIPHER}` (watcher's first choice), so encryption costs all alike.
+- {args.repeat} rounds; each starts from a fresh copy of the data set, and in each step every tool runs in turn
+  (the order rotates between rounds), after an untimed `sync`. The page cache cannot be dropped
+  reliably here: caches are warm, for all tools alike. A restore must bring back every file.
+- Nothing is deleted before the run ends: on this disk (ext4 without a journal), files created soon
+  after others were deleted cost much more system time (the inode allocator steps over each
+  recently freed inode), which would slow every later restore. Other work on the machine that
+  deletes files still can: restore times are the noisiest figures here.
+- Figures are medians over the rounds. Time: wall time of the command. Throughput: data set size / time.
+  CPU: user + system time of the command and its children (restic's and sftp's `ssh`), from
+  `/usr/bin/time`; less disturbed than wall time by other work on the machine.
+  Peak memory: the larger of the summed RSS of the command's process tree (psutil, every
+  {SAMPLE_SECONDS * 1000:.0f} ms) and its largest process's max RSS (`/usr/bin/time`); sshd is not counted.
+  watcher / restic below 1 means watcher is faster.
+
+## Results
+
+{table}
+
+## Targets (issue 2)
+
+{chr(10).join(verdicts)}
+
+## FTP and FTPS
+
+(added by the issues that bring them)
+
+## Daemon
+
+(added by the issues that bring them)
+"""
+
+
+def keep_later_sections(new: str) -> str:
+    """The new page, with the sections from "## FTP and FTPS" on kept as other benchmarks left them."""
+    old = DOCS.read_text() if DOCS.exists() else ""
+    if LATER_SECTIONS in old:
+        return new[: new.index(LATER_SECTIONS)] + old[old.index(LATER_SECTIONS) :]
+    return new
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=5000, help="small files (default 5000)")
+    parser.add_argument("--large", type=int, default=3, help="large files (default 3)")
+    parser.add_argument("--large-mib", type=int, default=64, help="size of each large file in MiB (default 64)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (default 3)")
+    parser.add_argument("--targets", default="file,sftp", help="comma-separated: file, sftp (default both)")
+    parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.targets.split(",") if name.strip()]
+    if not chosen or set(chosen) - {"file", "sftp"}:
+        parser.error("--targets takes file, sftp or both")
+    if os.geteuid() != 0:
+        parser.error("run as root: it installs packages and starts an sshd that logs in the tests' account")
+
+    ensure_installed()
+    from bench.dataset import generate
+
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(f"warning: load average {load_before:.2f}: other work on this machine will slow every tool")
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    busy_before = busy_seconds() - own_seconds()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = f"{started:%Y%m%dT%H%M%SZ}"
+    samples: Samples = {target: {step: {} for step in STEPS} for target in chosen}
+    with (tempfile.TemporaryDirectory(prefix="watcher-bench-") as temp,
+          open(RESULTS / f"{stamp}.log", "w") as log):
+        work = Path(temp)
+        work.chmod(0o755)
+        pristine = work / "pristine"
+        data_bytes = generate(pristine, args.small, args.large, args.large_mib)
+        needed = DISK_PER_ROUND * data_bytes * args.repeat
+        if shutil.disk_usage(work).free < needed:
+            raise SystemExit(f"needs about {needed / 2**30:.0f} GiB free in {work.parent} (nothing is deleted "
+                             "before the end of the run)")
+        print(f"data set: {args.small} small + {args.large} x {args.large_mib} MiB files, {data_bytes / MiB:.1f} MiB")
+        with sshd(work) if "sftp" in chosen else contextlib.nullcontext() as server:
+            for number in range(args.repeat):
+                for target in chosen:
+                    run_round(number, target, pristine, work, server if target == "sftp" else None, samples, log)
+    minutes = (time.monotonic() - clock) / 60
+    others = busy_seconds() - own_seconds() - busy_before
+    facts = machine_facts()
+    facts["other load"] = (f"load average {load_before:.2f} at the start; processes other than this benchmark's "
+                           f"used {others:.0f} CPU-seconds during it ({others / (minutes * 60 * os.cpu_count()):.0%} "
+                           "of the machine; kernel writeback counts as other)")
+    large_bytes = args.large * args.large_mib * MiB
+    sizes = {"first backup": data_bytes, "restore": data_bytes, "first backup, large files only": large_bytes,
+             "restore, large files only": large_bytes}
+    table = tables(samples, sizes)
+    verdicts = targets(samples, sizes, args.small)
+    print(f"\n{table}\n\n" + "\n".join(verdicts))
+    raw = {"started": stamp, "args": vars(args), "data_bytes": data_bytes, "machine": facts,
+           "samples": {t: {s: {k: [asdict(x) for x in v] for k, v in by.items()} for s, by in steps.items()}
+                       for t, steps in samples.items()}}
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(raw, indent=1))
+    if not args.no_docs:
+        DOCS.write_text(keep_later_sections(document(facts, args, data_bytes, table, verdicts, started, minutes)))
+        print(f"\nwrote {DOCS.relative_to(ROOT)}; raw samples in bench/results/{stamp}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
