@@ -28,6 +28,35 @@ class ObjectInfo:
     size: int
 
 
+IO_CHUNK = 256 * 1024  # how much a network backend reads from a source or writes to a sink at once
+
+
+class CallerStreamError(Exception):
+    """An exception of the caller's source or sink, carried past a backend's translation table.
+
+    A failing source (an unreadable file) or sink (a full local disk) is not the server's fault:
+    the backend re-raises the original exception instead of translating it.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def read_source(source: BinaryIO) -> bytes:
+    try:
+        return source.read(IO_CHUNK)
+    except Exception as error:
+        raise CallerStreamError(error) from error
+
+
+def write_sink(sink: BinaryIO, data: bytes) -> None:
+    try:
+        sink.write(data)
+    except Exception as error:
+        raise CallerStreamError(error) from error
+
+
 def validate_key(key: str) -> str:
     """Return `key` if it is a safe relative name, else raise.
 

@@ -27,11 +27,19 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO, NoReturn
 
-from watcher.backends.base import Backend, ObjectInfo, temp_name, validate_key, validate_prefix
+from watcher.backends.base import (
+    Backend,
+    CallerStreamError,
+    ObjectInfo,
+    read_source,
+    temp_name,
+    validate_key,
+    validate_prefix,
+    write_sink,
+)
 from watcher.backends.ftp_client import (
     ClientMixin,
     Cut,
-    LocalError,
     RenameRefused,
     code_of,
     line,
@@ -44,7 +52,6 @@ from watcher.errors import AuthError, BackendConfigError, BackendError, NotFound
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 21
-_IO_CHUNK = 256 * 1024
 _IDLE_CHECK_SECONDS = 60.0  # idle longer than this: NOOP first, since servers drop idle sessions
 _RESUMES = 3  # REST resumptions of one download, each after some progress
 _QUIT_SECONDS = 2.0
@@ -206,9 +213,9 @@ class FtpBackend(Backend):
         with self._lock:
             ftp = self._session()
             try:
-                ftp.store(temp, lambda: _read_source(source))
+                ftp.store(temp, lambda: read_source(source))
                 ftp.replace(temp, path)
-            except LocalError as wrapped:
+            except CallerStreamError as wrapped:
                 self._remove_quietly(temp)
                 raise wrapped.error from None
             except Exception as error:
@@ -227,9 +234,9 @@ class FtpBackend(Backend):
             while True:
                 start = received
                 try:
-                    ftp.retrieve(path, lambda data: _write_sink(sink, data), received)
+                    ftp.retrieve(path, lambda data: write_sink(sink, data), received)
                     return
-                except LocalError as wrapped:
+                except CallerStreamError as wrapped:
                     raise wrapped.error from None
                 except Cut as cut:
                     received, error = cut.received, cut.error
@@ -318,16 +325,3 @@ class FtpBackend(Backend):
         except Exception:
             self._drop()
 
-
-def _read_source(source: BinaryIO) -> bytes:
-    try:
-        return source.read(_IO_CHUNK)
-    except Exception as error:
-        raise LocalError(error) from error
-
-
-def _write_sink(sink: BinaryIO, data: bytes) -> None:
-    try:
-        sink.write(data)
-    except Exception as error:
-        raise LocalError(error) from error

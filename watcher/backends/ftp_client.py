@@ -26,21 +26,13 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from watcher.backends.base import IO_CHUNK, CallerStreamError
 from watcher.backends.ftp_listing import Entry, parse_list, parse_mlsd
 from watcher.errors import BackendConfigError
 
 NOT_IMPLEMENTED = ("500", "502", "504")
-_IO_CHUNK = 256 * 1024
 _REPLY_WAIT = 5.0  # seconds to wait for the reply that explains a failed data connection
 _ABORTED = ("426", "450", "451")  # replies to a download that we closed early on purpose
-
-
-class LocalError(Exception):
-    """Carries an exception of the caller's source or sink past the translation table."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 class Cut(Exception):
@@ -201,7 +193,7 @@ class ClientMixin(ftplib.FTP):
     # -- transfers ---------------------------------------------------------------------------
 
     def store(self, path: str, read: Callable[[], bytes]) -> None:
-        """STOR what `read` gives until b"", creating the folder if needed. A `LocalError` from
+        """STOR what `read` gives until b"", creating the folder if needed. A `CallerStreamError` from
         `read` ends the upload (the server keeps the part it got) and is raised once the server
         has answered (or the session is closed, if it does not answer)."""
         try:
@@ -214,7 +206,7 @@ class ClientMixin(ftplib.FTP):
         try:
             while chunk := read():
                 conn.sendall(chunk)
-        except LocalError:
+        except CallerStreamError:
             abort_data(conn)
             try:
                 self.any_reply()  # 226 or 426
@@ -240,12 +232,12 @@ class ClientMixin(ftplib.FTP):
         conn, size = self.ntransfercmd(line("RETR", path), rest=offset or None)
         received = offset
         try:
-            while data := conn.recv(_IO_CHUNK):
+            while data := conn.recv(IO_CHUNK):
                 write(data)
                 received += len(data)
             finish_data(conn)
             self.voidresp()
-        except LocalError:
+        except CallerStreamError:
             abort_data(conn)
             self.close()  # the reply stream is out of step
             raise
@@ -264,7 +256,7 @@ class ClientMixin(ftplib.FTP):
         view = memoryview(data)
         got = 0
         try:
-            while got < length and (count := conn.recv_into(view[got:], min(length - got, _IO_CHUNK))):
+            while got < length and (count := conn.recv_into(view[got:], min(length - got, IO_CHUNK))):
                 got += count
             # More to come? The 150 reply's size says so at once (vsftpd), else one more byte does.
             more = got == length and ((size is not None and offset + length < size) or conn.recv(1) != b"")
@@ -303,7 +295,7 @@ class ClientMixin(ftplib.FTP):
         conn, _size = self.ntransfercmd(command)
         chunks = []
         try:
-            while chunk := conn.recv(_IO_CHUNK):
+            while chunk := conn.recv(IO_CHUNK):
                 chunks.append(chunk)
         except BaseException:
             conn.close()

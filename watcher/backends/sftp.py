@@ -36,7 +36,16 @@ from paramiko.ssh_exception import (
     SSHException,
 )
 
-from watcher.backends.base import Backend, ObjectInfo, temp_name, validate_key, validate_prefix
+from watcher.backends.base import (
+    Backend,
+    CallerStreamError,
+    ObjectInfo,
+    read_source,
+    temp_name,
+    validate_key,
+    validate_prefix,
+    write_sink,
+)
 from watcher.backends.known_hosts import add_known_host, read_known_hosts
 from watcher.backends.sftp_errors import RevokedHostKey, UnknownHostKey, error_text, translate
 from watcher.errors import (
@@ -53,7 +62,6 @@ DEFAULT_PORT = 22
 # stream prefetched reads without waiting for window adjustments (~20% faster gets).
 _WINDOW_SIZE = 16 * 1024 * 1024
 _MAX_PACKET_SIZE = 256 * 1024
-_IO_CHUNK = 256 * 1024  # how much is read from a source or written to a sink at once
 _DEFAULT_REQUEST = 32 * 1024  # the size every SFTP server accepts
 _MAX_REQUEST = 1024 * 1024
 _FULL_MARGIN = 1024 * 1024  # less free space than this after a failed write: the disk is full
@@ -65,14 +73,6 @@ _KEY_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256")}
 def _bare_failure(error: BaseException) -> bool:
     """SFTP's status FAILURE, without errno: what OpenSSH answers for ENOSPC (and much else)."""
     return type(error) in (OSError, IOError) and error.errno is None
-
-
-class _LocalError(Exception):
-    """Carries an exception of the caller's source or sink past the translation table."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 class SftpBackend(Backend):
@@ -306,7 +306,7 @@ class SftpBackend(Backend):
         try:
             self._upload(sftp, temp, source)
             sftp.posix_rename(temp, path)
-        except _LocalError as wrapped:
+        except CallerStreamError as wrapped:
             self._remove_quietly(temp)
             raise wrapped.error from None
         except Exception as error:
@@ -328,7 +328,7 @@ class SftpBackend(Backend):
         with handle:
             handle.MAX_REQUEST_SIZE = self._write_size
             handle.set_pipelined(True)
-            while chunk := _read_source(source):
+            while chunk := read_source(source):
                 handle.write(chunk)
             _drain_writes(sftp, handle)
 
@@ -342,8 +342,8 @@ class SftpBackend(Backend):
                 if size > self._read_size:
                     handle.prefetch(size)
                 while data := handle.read(self._read_size):
-                    _write_sink(sink, data)
-        except _LocalError as wrapped:
+                    write_sink(sink, data)
+        except CallerStreamError as wrapped:
             raise wrapped.error from None
         except Exception as error:
             self._fail(error, key)
@@ -446,20 +446,6 @@ class SftpBackend(Backend):
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _read_source(source: BinaryIO) -> bytes:
-    try:
-        return source.read(_IO_CHUNK)
-    except Exception as error:
-        raise _LocalError(error) from error
-
-
-def _write_sink(sink: BinaryIO, data: bytes) -> None:
-    try:
-        sink.write(data)
-    except Exception as error:
-        raise _LocalError(error) from error
 
 
 def _drain_writes(sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile) -> None:
