@@ -82,6 +82,7 @@ class PackBuilder:
         encoded = header.encode()
         self.buffer += encoded + TRAILER.pack(len(encoded), MAGIC)
         data = bytes(self.buffer)
+        self.buffer = bytearray()  # the copy above is what is uploaded: free the builder's one now
         pack_id = hashlib.sha256(data).hexdigest()
         entries = [BlobEntry(e.id, e.type, e.encoding, e.offset, e.length, pack_id) for e in self.entries]
         return pack_id, data, entries

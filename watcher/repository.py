@@ -280,7 +280,7 @@ class BlobWriter:
         self.bytes_added = 0
         self.uploaded: list[tuple[str, int, list[BlobEntry]]] = []
         self.written_packs: set[str] = set()
-        self.queue: queue.Queue[tuple[str, bytes, list[BlobEntry]] | None] = queue.Queue(UPLOAD_QUEUE)
+        self.queue: queue.Queue[PackBuilder | None] = queue.Queue(UPLOAD_QUEUE)
         self.error: BaseException | None = None
         self.on_upload: Callable[[int], None] = lambda size: None
         self.thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
@@ -311,11 +311,10 @@ class BlobWriter:
     def _seal(self) -> None:
         if not self.builder.entries:
             return
-        pack_id, data, entries = self.builder.finish()
-        self.builder = PackBuilder()
-        self._put_in_queue((pack_id, data, entries))
+        builder, self.builder = self.builder, PackBuilder()
+        self._put_in_queue(builder)  # finished (header, hash) on the upload thread, beside the scan
 
-    def _put_in_queue(self, item: tuple[str, bytes, list[BlobEntry]] | None) -> None:
+    def _put_in_queue(self, item: PackBuilder | None) -> None:
         while True:
             self._raise_upload_error()
             try:
@@ -331,8 +330,8 @@ class BlobWriter:
                 if item is None:
                     return
                 continue
-            pack_id, data, entries = item
             try:
+                pack_id, data, entries = item.finish()
                 with self.repository.lock:
                     self.repository.backend.put(pack_key(pack_id), io.BytesIO(data))
                 self.uploaded.append((pack_id, len(data), entries))

@@ -85,6 +85,30 @@ def temp_name(key: str) -> str:
     return f"{head}/{temp}" if head else temp
 
 
+class _Pieces:
+    """A sink that keeps what it is given and joins it once: no buffer grown and copied again
+    and again for a 16 MiB pack. `seek(0)` + `truncate()` (a retry starting over) empty it."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.pieces.append(bytes(data))
+        return len(data)
+
+    def tell(self) -> int:
+        return sum(len(piece) for piece in self.pieces)
+
+    def seek(self, position: int) -> int:
+        if position != 0:
+            raise io.UnsupportedOperation("only a rewind to the start")
+        return 0
+
+    def truncate(self) -> int:
+        self.pieces.clear()
+        return 0
+
+
 class Backend(ABC):
     """One connection to a store of objects under relative keys.
 
@@ -153,9 +177,9 @@ class Backend(ABC):
         self.put(key, io.BytesIO(data))
 
     def get_bytes(self, key: str) -> bytes:
-        sink = io.BytesIO()
-        self.get(key, sink)
-        return sink.getvalue()
+        sink = _Pieces()
+        self.get(key, sink)  # type: ignore[arg-type]
+        return b"".join(sink.pieces)
 
     def __enter__(self) -> Backend:
         self.open()
