@@ -118,7 +118,7 @@ def vsftpd_pair(work: Path) -> Iterator[dict[str, Server]]:
     import trustme
 
     from tests.fixtures.ftp import FTP_TEST_PASSWORD, FTP_TEST_USER, VSFTPD_CONFIG, _free_range, _LocalVsftpd
-    from tests.fixtures.sftp import _free_port
+    from tests.fixtures.processes import free_port
 
     account = pwd.getpwnam(FTP_TEST_USER)
     folder = work / "vsftpd"
@@ -140,7 +140,7 @@ def vsftpd_pair(work: Path) -> Iterator[dict[str, Server]]:
             options = [f"rsa_cert_file={cert}", f"rsa_private_key_file={cert}"] if tls else ["ssl_enable=NO"]
             for attempt in range(3):  # a port may be taken between probe and bind
                 first = _free_range(PASSIVE_PORTS)
-                vsftpd = _LocalVsftpd(config, folder / f"{scheme}.log", _free_port(), first,
+                vsftpd = _LocalVsftpd(config, folder / f"{scheme}.log", free_port(), first,
                                       [*options, *SERVER_OPTIONS, f"pasv_max_port={first + PASSIVE_PORTS - 1}"])
                 try:
                     vsftpd.start()
