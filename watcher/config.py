@@ -95,15 +95,18 @@ class Settings:
 def read_environment(environ: Mapping[str, str], env_file: str | None, cwd: Path) -> dict[str, str]:
     """The real environment over the `.env` file (or `--env-file`), which it always wins against."""
     merged: dict[str, str] = {}
+    name = "--env-file" if env_file else ".env"
     path = Path(env_file) if env_file else cwd / ".env"
-    if env_file and not path.is_file():
-        raise ConfigError([f"--env-file: {env_file} is not a readable file"])
-    if path.is_file():
-        try:
+    try:
+        exists = path.is_file()
+        if exists:
             values = dotenv_values(path)
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError([f"--env-file: cannot read {path}: {error}"]) from error
-        merged.update({key: value for key, value in values.items() if value is not None})
+            merged.update({key: value for key, value in values.items() if value is not None})
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigError([f"{name}: cannot read {path}: {reason}"]) from error
+    if env_file and not exists:
+        raise ConfigError([f"--env-file: {env_file} is not a readable file"])
     merged.update(environ)
     return merged
 
