@@ -119,3 +119,15 @@ def test_sigterm_stops_promptly_with_exit_0(daemon):
     process.signal(signal.SIGINT)
     assert process.stop() == 0
     assert time.monotonic() - began < 10
+
+
+def test_the_daemon_mails_its_runs(daemon, source, smtp_server):
+    process = daemon(**smtp_server.environment(), MAIL_ON="always")
+    process.wait_for_output("saved")
+    (source / "mailed.txt").write_text("a change")
+    process.wait_for_output("report mail sent", count=2, timeout=30)
+    assert process.stop() == 0
+    subjects = [message["Subject"] for message in smtp_server.messages()]
+    assert len(subjects) >= 2 and all("Success Backup" in subject for subject in subjects)
+    attachment = next(smtp_server.messages()[-1].iter_attachments()).get_content()
+    assert "run started (" in attachment and "saved" in attachment
