@@ -124,6 +124,10 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in IGNORED_EVENTS:
             return
+        if event.is_directory and event.event_type == "modified":
+            # "An entry of this folder changed": that entry's own event names it (and is
+            # dropped if excluded); the folder's new mtime goes with the next run.
+            return
         paths = [os.fsdecode(event.src_path)]
         if getattr(event, "dest_path", ""):
             paths.append(os.fsdecode(event.dest_path))

@@ -131,3 +131,19 @@ def test_the_daemon_mails_its_runs(daemon, source, smtp_server):
     assert len(subjects) >= 2 and all("Success Backup" in subject for subject in subjects)
     attachment = next(smtp_server.messages()[-1].iter_attachments()).get_content()
     assert "run started (" in attachment and "saved" in attachment
+
+
+def test_excluded_paths_never_trigger_a_run(daemon, source):
+    (source / "cache").mkdir()
+    process = daemon(BACKUP_EXCLUDE="*.tmp,cache/")
+    process.wait_for_output("saved")
+    (source / "scratch.tmp").write_text("ignored")
+    (source / "cache" / "blob").write_text("ignored too")
+    time.sleep(3)  # several debounce periods: a run would have started by now
+    assert process.output().count("run started") == 1
+    (source / "real.txt").write_text("counted")
+    process.wait_for_output("run started", count=2, timeout=15)
+    process.wait_for_output("saved", count=2, timeout=15)
+    paths = snapshot_paths(process.env)
+    assert f"{source}/real.txt" in paths and f"{source}/scratch.tmp" not in paths
+    assert process.stop() == 0
