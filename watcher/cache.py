@@ -78,6 +78,7 @@ class LocalCache:
         self.pending_files: list[tuple[Any, ...]] = []
         self.pending_touches: list[tuple[int, bytes]] = []
         self.pending_blobs: dict[str, tuple[str, str, bytes]] = {}
+        self.has_files = False
         self.lock = threading.RLock()  # the upload thread records index files while the scan goes on
         if path is None:
             return
@@ -89,6 +90,8 @@ class LocalCache:
             # WAL with synchronous=NORMAL: a crash may lose the last writes, never corrupt the file.
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+            # An empty table (first backup, or a cache just lost) needs no look-up per file.
+            self.has_files = self.db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is not None
         except (sqlite3.Error, OSError) as error:
             log.warning("local cache %s unusable (%s): every file will be read", path,
                         getattr(error, "strerror", None) or error)
@@ -104,6 +107,8 @@ class LocalCache:
     def lookup_file(self, path: bytes, state: FileState) -> list[str] | None:
         """The chunk ids recorded for `path` if its state is exactly `state`."""
         assert self.db is not None
+        if not self.has_files:
+            return None
         row = self.db.execute(
             "SELECT size, mtime_ns, ctime_ns, inode, chunks FROM files WHERE path = ?", (path,)
         ).fetchone()
@@ -203,3 +208,5 @@ class LocalCache:
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", files)
             self.db.executemany("UPDATE files SET generation = ? WHERE path = ?", touches)
             self.db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", list(blobs.values()))
+        if files:
+            self.has_files = True

@@ -266,3 +266,16 @@ def test_restore_goes_on_past_files_it_cannot_write(tmp_path):
     assert all(f"{source}/a" in error for error in result.errors)
     for i in range(12):
         assert (out / str(source).lstrip("/") / f"b/g{i}.bin").read_bytes() == (source / f"b/g{i}.bin").read_bytes()
+
+
+def test_a_repository_kept_open_uses_the_cache_from_its_second_run_on(tmp_path, source):
+    """The daemon keeps one repository (and cache) open: its later runs must not re-read files."""
+    repository = open_repository(state_dir=tmp_path / "state")
+    old = os.path.getmtime(source / "a.txt") - 10
+    for path in source.rglob("*"):
+        if not path.is_symlink():
+            os.utime(path, (old, old))
+    first = backup(repository, source)
+    assert first.summary.bytes_read > 0
+    second = backup(repository, source)
+    assert second.summary.bytes_read == 0
