@@ -20,7 +20,14 @@ from watcher.errors import ConfigError
 
 SECRETS = ("BACKUP_TARGET_PASSWORD", "SMTP_PASSWORD")
 SCHEMES = {"file": None, "sftp": 22, "ftp": 21, "ftps": 21}
-KEEP_PERIODS = ("LAST", "HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+KEEP_VARIABLES = {  # Retention field -> variable, spelled out so that each name can be searched for
+    "last": "BACKUP_KEEP_LAST",
+    "hourly": "BACKUP_KEEP_HOURLY",
+    "daily": "BACKUP_KEEP_DAILY",
+    "weekly": "BACKUP_KEEP_WEEKLY",
+    "monthly": "BACKUP_KEEP_MONTHLY",
+    "yearly": "BACKUP_KEEP_YEARLY",
+}
 
 
 @dataclass(frozen=True)
@@ -273,12 +280,8 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
         target = Target(target.scheme, target.path, target.host, target.port, target.user, password)
     retention = Retention(
         **{
-            period.lower(): (
-                None
-                if parser.text(f"BACKUP_KEEP_{period}") is None
-                else int(parser.number(f"BACKUP_KEEP_{period}", 0, integer=True))
-            )
-            for period in KEEP_PERIODS
+            field_name: None if parser.text(variable) is None else int(parser.number(variable, 0, integer=True))
+            for field_name, variable in KEEP_VARIABLES.items()
         }
     )
     smtp_host = parser.text("SMTP_HOST")
