@@ -69,8 +69,7 @@ from tests.fixtures.sftp import (  # noqa: E402
     SSHD,
     _keygen,
     _LocalSshd,
-    _sshd_knows,
-    _start_sshd,
+    local_sshd,
 )
 from watcher.backends.local import LocalBackend  # noqa: E402
 from watcher.repository import Repository  # noqa: E402
@@ -88,7 +87,7 @@ HOST = "bench-host"
 RESTIC_PASSWORD = "bench-only"
 TICK = os.sysconf("SC_CLK_TCK")
 
-SAVED = re.compile(r"snapshot (\S+) saved: .* in ([0-9.]+) s$")
+SAVED = re.compile(r"snapshot (\S+) saved: .* in ([0-9.]+) s( \(.*\))?$")
 STARTED = re.compile(r"run started \((.*)\)")
 NO_CHANGE = re.compile(r"no change since snapshot")
 
@@ -217,37 +216,14 @@ def sftp_server(work: Path) -> Iterator[Server]:
     if os.geteuid() != 0 or not SSHD.exists():
         raise SystemExit("the sftp target needs root and /usr/sbin/sshd (apt-get install openssh-server)")
     try:
-        account = pwd.getpwnam(SFTP_TEST_USER)
+        pwd.getpwnam(SFTP_TEST_USER)
     except KeyError:
         raise SystemExit(f"no user {SFTP_TEST_USER}: run tests/servers/sftp_user.sh as root") from None
     client = work / "ssh-client"
     client.mkdir(mode=0o700)
-    # As in the fixture: sshd's StrictModes wants no writable-by-others folder above authorized_keys.
-    served = Path(tempfile.mkdtemp(prefix=".watcher-bench-", dir=account.pw_dir))
-    sshd = None
-    try:
-        served.chmod(0o755)
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        host_key = _keygen(served / "ssh_host_ed25519_key", "ed25519")
-        restic_key = _keygen(client / "id_ed25519", "ed25519")
-        authorized = served / "authorized_keys"
-        authorized.write_text(Path(f"{restic_key}.pub").read_text())
-        authorized.chmod(0o644)
-        scratch = served / "scratch"
-        scratch.mkdir(mode=0o755)
-        os.chown(scratch, account.pw_uid, account.pw_gid)
-        options = ["-o", f"HostKey={host_key}", "-o", f"AuthorizedKeysFile={authorized}"]
-        if _sshd_knows("PerSourcePenalties=no", host_key):
-            options += ["-o", "PerSourcePenalties=no"]
-        sshd = _start_sshd(served, client / "sshd.log", options)
-        known_hosts = client / "known_hosts"
-        kind, key = Path(f"{host_key}.pub").read_text().split()[:2]
-        known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {kind} {key}\n")
-        yield Server(sshd, served, scratch, known_hosts, restic_key)
-    finally:
-        if sshd is not None:
-            sshd.stop()
-        shutil.rmtree(served, ignore_errors=True)
+    restic_key = _keygen(client / "id_ed25519", "ed25519")
+    with local_sshd(client, [restic_key], prefix=".watcher-bench-") as started:
+        yield Server(started.process, started.scratch.parent, started.scratch, started.known_hosts, restic_key)
 
 
 # -- the daemon --------------------------------------------------------------------------------

@@ -109,36 +109,12 @@ class Server:
 
 @contextlib.contextmanager
 def sshd(work: Path) -> Iterator[Server]:
-    """The tests' sshd (tests/fixtures/sftp.py's code and approach) with one client key."""
-    from tests.fixtures.sftp import SFTP_TEST_USER, _keygen, _sshd_knows, _start_sshd
+    """The tests' sshd (tests/fixtures/sftp.py) with one client key."""
+    from tests.fixtures.sftp import SFTP_TEST_USER, _keygen, local_sshd
 
-    account = pwd.getpwnam(SFTP_TEST_USER)
-    # sshd reads authorized_keys as the user, with StrictModes: it lives in the account's home.
-    served = Path(tempfile.mkdtemp(prefix=".watcher-bench-", dir=account.pw_dir))
-    try:
-        served.chmod(0o755)
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        host_key = _keygen(served / "ssh_host_ed25519_key", "ed25519")
-        key = _keygen(work / "id_ed25519", "ed25519")
-        authorized = served / "authorized_keys"
-        authorized.write_text(Path(f"{key}.pub").read_text())
-        authorized.chmod(0o644)
-        scratch = served / "scratch"
-        scratch.mkdir(mode=0o755)
-        os.chown(scratch, account.pw_uid, account.pw_gid)
-        options = ["-o", f"HostKey={host_key}", "-o", f"AuthorizedKeysFile={authorized}"]
-        if _sshd_knows("PerSourcePenalties=no", host_key):
-            options += ["-o", "PerSourcePenalties=no"]
-        server = _start_sshd(served, work / "sshd.log", options)
-        try:
-            kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
-            known_hosts = work / "known_hosts"
-            known_hosts.write_text(f"[127.0.0.1]:{server.port} {kind} {blob}\n")
-            yield Server(server.port, key, known_hosts, scratch, SFTP_TEST_USER)
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(served, ignore_errors=True)
+    key = _keygen(work / "id_ed25519", "ed25519")
+    with local_sshd(work, [key], prefix=".watcher-bench-") as started:
+        yield Server(started.process.port, key, started.known_hosts, started.scratch, SFTP_TEST_USER)
 
 
 # -- measuring ---------------------------------------------------------------------------------
