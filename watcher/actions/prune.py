@@ -84,10 +84,14 @@ def _repack(repository: Repository, packs: set[str], used: set[str], staying: se
     return writer.written_packs
 
 
-def run_forget(repository: Repository, policy: Retention, dry_run: bool = False) -> ForgetResult:
-    """Forget what the policy does not keep, then prune; with `dry_run`, only say what would go."""
+def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
+               protected: frozenset[str] = frozenset()) -> ForgetResult:
+    """Forget what the policy does not keep, then prune; with `dry_run`, only say what would go.
+
+    `protected`: the snapshots the calling run just saved, kept whatever their time says.
+    """
     with locked(repository, exclusive=not dry_run):
-        decisions = decide(repository.list_snapshots(), policy)
+        decisions = decide(repository.list_snapshots(), policy, protected=protected)
         result = ForgetResult(decisions, dry_run)
         kept = [decision.snapshot for decision in decisions if decision.keep]
         used = used_blobs(repository, [snapshot.tree for snapshot in kept])
