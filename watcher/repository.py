@@ -113,6 +113,7 @@ class Repository:
         self.indexes: set[str] = set()
         self.last_index = ""
         self.decoded: dict[str, Snapshot] = {}  # snapshot documents never change: decode each once
+        self.unreadable: dict[str, str] = {}  # snapshot id -> why it cannot be read, as last listed
         self.lock = threading.RLock()
 
     # -- opening -----------------------------------------------------------------------------
@@ -218,12 +219,28 @@ class Repository:
         return decode_snapshot(snapshot_id, data)
 
     def list_snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first (by the time its host's clock gave it)."""
+        """Every snapshot that can be read, oldest first (by the time its host's clock gave it).
+
+        One that cannot be read (a newer watcher's format, damage) stops nothing: it is left out,
+        with one warning line naming it, and kept in `unreadable` for whoever would delete data.
+        """
         ids = self.snapshot_ids()
+        unreadable: dict[str, str] = {}
         for snapshot_id in ids:
-            if snapshot_id not in self.decoded:
+            if snapshot_id in self.decoded:
+                continue
+            if snapshot_id in self.unreadable:
+                unreadable[snapshot_id] = self.unreadable[snapshot_id]
+                continue
+            try:
                 self.decoded[snapshot_id] = self.load_snapshot(snapshot_id, cached=True)
-        snapshots = [self.decoded[snapshot_id] for snapshot_id in ids]
+            except SnapshotNotFoundError:
+                continue  # forgotten since it was listed
+            except IntegrityError as error:
+                log.warning("%s: left out", error)
+                unreadable[snapshot_id] = str(error)
+        self.unreadable = unreadable
+        snapshots = [self.decoded[snapshot_id] for snapshot_id in ids if snapshot_id in self.decoded]
         self.cache.keep_snapshots(set(ids))
         self.cache.commit()
         return sorted(snapshots, key=lambda snapshot: (snapshot.time, snapshot.id))
@@ -243,11 +260,12 @@ class Repository:
         return self.load_snapshot(matches[0], cached=True)
 
     def latest(self, now: datetime | None = None) -> Snapshot:
-        """The newest snapshot, passing over those dated in the future (a wrong clock), with a warning,
-        unless there is no other."""
+        """The newest snapshot that can be read, passing over those dated in the future (a wrong clock),
+        with a warning, unless there is no other."""
         snapshots = self.list_snapshots()
         if not snapshots:
-            raise SnapshotNotFoundError("the repository has no snapshot yet")
+            more = f" ({len(self.unreadable)} cannot be read)" if self.unreadable else ""
+            raise SnapshotNotFoundError(f"the repository has no snapshot yet{more}")
         now = now or datetime.now(UTC)
         sensible = [snapshot for snapshot in snapshots if not dated_in_future(snapshot, now)]
         if not sensible:

@@ -80,6 +80,8 @@ def apply_retention(repository: Repository, settings: Settings, saved: Snapshot)
     except WatcherError as error:
         log.warning("retention not applied this time: %s", error)
         return
+    if outcome.not_pruned:
+        log.warning("retention: %s", outcome.not_pruned)
     if outcome.removed_snapshots:
         log.info("retention: forgot %d snapshots, removed %d packs (%s)", outcome.removed_snapshots,
                  outcome.deleted_packs, format_size(outcome.freed_bytes))

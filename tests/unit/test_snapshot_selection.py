@@ -1,5 +1,5 @@
 """Which snapshot is the parent, `latest` and retention's newest, with snapshots that lie about their time
-(issue 12, item 2)."""
+or cannot be read (issue 12, items 2 and 11)."""
 
 from __future__ import annotations
 
@@ -210,3 +210,84 @@ def test_new_snapshots_survive_keep_last_1_beside_a_future_dated_one(cli, source
         assert saved in cli.snapshot_ids(), f"round {round_number}: the snapshot just saved was forgotten"
     assert sorted(cli.snapshot_ids()) == sorted([saved, future]), "last 1, and the future-dated one is kept"
     assert restored_files(cli, source, tmp_path / "out") == {"x.txt": "x2", "y.txt": "y0"}
+
+
+# -- item 11: a snapshot this watcher cannot read -----------------------------------------------------
+
+
+@pytest.fixture
+def with_unreadable(cli, source):
+    """A first snapshot, and a copy of it in the format of a newer watcher on another host."""
+    cli.ok("backup")
+    (first,) = cli.snapshot_ids()
+    unreadable = plant_file(cli, first, version=2, host="newer")
+    return first, unreadable
+
+
+def lines_naming(text: str, snapshot_id: str) -> list[str]:
+    return [line for line in text.splitlines() if snapshot_id in line]
+
+
+def test_backup_skips_a_snapshot_it_cannot_read_with_one_warning(cli, with_unreadable, source):
+    _first, unreadable = with_unreadable
+    (source / "x.txt").write_text("x1")
+    code, out, err = cli("backup")
+    assert code == 0, (out, err)
+    assert "saved" in out
+    assert len(lines_naming(err, unreadable)) == 1, err
+    assert len(cli.snapshot_ids()) == 2
+
+
+def test_restore_latest_skips_a_snapshot_it_cannot_read(cli, with_unreadable, source, tmp_path):
+    first, unreadable = with_unreadable
+    code, out, err = cli("restore", "latest", "--to", str(tmp_path / "out"))
+    assert code == 0, (out, err)
+    assert first in out
+    assert len(lines_naming(err, unreadable)) == 1, err
+
+
+def test_a_snapshot_it_cannot_read_asked_for_by_id_is_one_error(cli, with_unreadable, tmp_path):
+    _first, unreadable = with_unreadable
+    for argv in (("ls", unreadable), ("restore", unreadable[:20], "--to", str(tmp_path / "out"))):
+        code, out, err = cli(*argv)
+        assert code == 1 and out == ""
+        (line,) = err.splitlines()
+        assert line.startswith("error:") and unreadable in line and "version 2" in line
+
+
+def test_snapshots_lists_what_it_can_and_warns_about_the_rest(cli, with_unreadable):
+    first, unreadable = with_unreadable
+    code, out, err = cli("snapshots")
+    assert code == 0
+    assert first in out and unreadable not in out
+    assert "1 snapshots; 1 more cannot be read" in out
+    assert len(lines_naming(err, unreadable)) == 1, err
+    code, out, err = cli("snapshots", "--json")
+    assert code == 0 and [snapshot["id"] for snapshot in json.loads(out)] == [first]
+    assert len(lines_naming(err, unreadable)) == 1, err
+
+
+def test_check_reports_a_snapshot_it_cannot_read(cli, with_unreadable):
+    _first, unreadable = with_unreadable
+    code, out, _err = cli("check")
+    assert code == 1
+    assert [line for line in lines_naming(out, unreadable) if line.startswith("damaged:")], out
+
+
+def test_forget_never_prunes_beside_a_snapshot_it_cannot_read(cli, with_unreadable, source, tmp_path):
+    first, unreadable = with_unreadable
+    (source / "x.txt").write_text("x1")
+    cli.ok("backup")
+    packs = repository_folder(cli) / "packs"
+    before = sorted(path.name for path in packs.rglob("*") if path.is_file())
+    cli.env["BACKUP_KEEP_LAST"] = "1"
+    code, out, err = cli("forget")
+    assert code == 3, (out, err)
+    assert len([line for line in out.splitlines() if "not pruned" in line]) == 1, out
+    assert sorted(path.name for path in packs.rglob("*") if path.is_file()) == before, "no pack deleted"
+    assert first not in cli.snapshot_ids(), "forgetting readable snapshots removes only their small files"
+    assert (repository_folder(cli) / "snapshots" / unreadable).exists()
+    code, out, _err = cli("check", "--read-data")
+    assert code == 1
+    damaged = [line for line in out.splitlines() if line.startswith("damaged:")]
+    assert len(damaged) == 1 and unreadable in damaged[0], "the one problem is the snapshot it cannot read"
