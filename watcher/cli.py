@@ -119,7 +119,8 @@ def cmd_backup(context: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_snapshots(context: Context, args: argparse.Namespace) -> int:
-    snapshots = context.open_repository().list_snapshots()
+    repository = context.open_repository()
+    snapshots = repository.list_snapshots()  # those it cannot read are named in one warning each
     if args.json:
         context.out(json.dumps([snapshot_as_json(snapshot) for snapshot in snapshots], indent=1))
         return ExitCode.OK
@@ -128,7 +129,8 @@ def cmd_snapshots(context: Context, args: argparse.Namespace) -> int:
         summary = snapshot.summary
         context.out(f"{snapshot.id:<25} {snapshot.time_text:<20} {snapshot.host[:16]:<16} {summary.files:>8} "
                     f"{format_size(summary.bytes):>11} {format_size(summary.bytes_added):>11}")
-    context.out(f"{len(snapshots)} snapshots")
+    more = f"; {len(repository.unreadable)} more cannot be read" if repository.unreadable else ""
+    context.out(f"{len(snapshots)} snapshots{more}")
     return ExitCode.OK
 
 
@@ -204,6 +206,9 @@ def cmd_forget(context: Context, args: argparse.Namespace) -> int:
             context.out(f"keep   {snapshot.id} {snapshot.time_text} ({', '.join(decision.reasons)})")
         else:
             context.out(f"forget {snapshot.id} {snapshot.time_text}")
+    if result.not_pruned:
+        context.out(f"{verb} {result.removed_snapshots} snapshots; {result.not_pruned}")
+        return ExitCode.WARNINGS
     context.out(f"{verb} {result.removed_snapshots} snapshots; {result.deleted_packs} packs deleted, "
                 f"{result.repacked_packs} repacked, {format_size(result.freed_bytes)} freed; "
                 f"{result.kept_packs} packs kept as they are")

@@ -28,7 +28,15 @@ from watcher.backends.base import Backend
 from watcher.cache import LocalCache
 from watcher.errors import IntegrityError, NotFoundError, RepositoryError, SnapshotNotFoundError
 from watcher.pack import PACK_TARGET, BlobEntry, PackBuilder, decode_blob, encode_blob
-from watcher.snapshot import Node, Snapshot, decode_snapshot, decode_tree, digest, encode_snapshot
+from watcher.snapshot import (
+    Node,
+    Snapshot,
+    dated_in_future,
+    decode_snapshot,
+    decode_tree,
+    digest,
+    encode_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +113,7 @@ class Repository:
         self.indexes: set[str] = set()
         self.last_index = ""
         self.decoded: dict[str, Snapshot] = {}  # snapshot documents never change: decode each once
+        self.unreadable: dict[str, str] = {}  # snapshot id -> why it cannot be read, as last listed
         self.lock = threading.RLock()
 
     # -- opening -----------------------------------------------------------------------------
@@ -210,23 +219,37 @@ class Repository:
         return decode_snapshot(snapshot_id, data)
 
     def list_snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first."""
+        """Every snapshot that can be read, oldest first (by the time its host's clock gave it).
+
+        One that cannot be read (a newer watcher's format, damage) stops nothing: it is left out,
+        with one warning line naming it, and kept in `unreadable` for whoever would delete data.
+        """
         ids = self.snapshot_ids()
+        unreadable: dict[str, str] = {}
         for snapshot_id in ids:
-            if snapshot_id not in self.decoded:
+            if snapshot_id in self.decoded:
+                continue
+            if snapshot_id in self.unreadable:
+                unreadable[snapshot_id] = self.unreadable[snapshot_id]
+                continue
+            try:
                 self.decoded[snapshot_id] = self.load_snapshot(snapshot_id, cached=True)
-        snapshots = [self.decoded[snapshot_id] for snapshot_id in ids]
+            except SnapshotNotFoundError:
+                continue  # forgotten since it was listed
+            except IntegrityError as error:
+                log.warning("%s: left out", error)
+                unreadable[snapshot_id] = str(error)
+        self.unreadable = unreadable
+        snapshots = [self.decoded[snapshot_id] for snapshot_id in ids if snapshot_id in self.decoded]
         self.cache.keep_snapshots(set(ids))
         self.cache.commit()
         return sorted(snapshots, key=lambda snapshot: (snapshot.time, snapshot.id))
 
     def find_snapshot(self, reference: str) -> Snapshot:
         """`latest`, a full id, or a unique prefix of one."""
-        ids = self.snapshot_ids()
         if reference == "latest":
-            if not ids:
-                raise SnapshotNotFoundError("the repository has no snapshot yet")
-            return self.list_snapshots()[-1]
+            return self.latest()
+        ids = self.snapshot_ids()
         matches = [snapshot_id for snapshot_id in ids if snapshot_id.startswith(reference)]
         if reference in ids:
             matches = [reference]
@@ -236,12 +259,78 @@ class Repository:
             raise SnapshotNotFoundError(f"{reference!r} matches {len(matches)} snapshots; give more of the id")
         return self.load_snapshot(matches[0], cached=True)
 
+    def latest(self, now: datetime | None = None) -> Snapshot:
+        """The newest snapshot that can be read, passing over those dated in the future (a wrong clock),
+        with a warning, unless there is no other."""
+        snapshots = self.list_snapshots()
+        if not snapshots:
+            more = f" ({len(self.unreadable)} cannot be read)" if self.unreadable else ""
+            raise SnapshotNotFoundError(f"the repository has no snapshot yet{more}")
+        now = now or datetime.now(UTC)
+        sensible = [snapshot for snapshot in snapshots if not dated_in_future(snapshot, now)]
+        if not sensible:
+            return snapshots[-1]
+        for snapshot in snapshots:
+            if dated_in_future(snapshot, now):
+                log.warning("snapshot %s is dated %s, in the future (a wrong clock?): not taken as latest",
+                            snapshot.id, snapshot.time_text)
+        return sensible[-1]
+
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """The commit point of a backup: written last, atomically, once all it names exists."""
         data = encode_snapshot(snapshot)
         with self.lock:
             self.backend.put_bytes(f"snapshots/{snapshot.id}", data)
         self.cache.put_snapshot(snapshot.id, data)
+
+    # -- this host's last snapshot, recorded in the local state ---------------------------------
+
+    def _record_path(self) -> Path | None:
+        if self.state_dir is None or self.config is None:
+            return None
+        return self.state_dir / "repos" / self.config.id / "last-snapshot.json"
+
+    def recorded_snapshot(self, host: str, sources: tuple[str, ...]) -> str | None:
+        """The id of the last snapshot this state folder recorded for `host` and `sources`, if any."""
+        path = self._record_path()
+        if path is None:
+            return None
+        try:
+            record = json.loads(path.read_bytes())
+            if record["host"] == host and record["sources"] == sorted(sources):
+                return str(record["snapshot"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("the record of the last snapshot in %s cannot be read (%s): passed over", path, error)
+        return None
+
+    def record_snapshot(self, host: str, sources: tuple[str, ...], snapshot_id: str) -> None:
+        """Record `snapshot_id` as this host's last: the one an event-driven run takes untouched entries from.
+
+        A backup records its snapshot before saving it: a record naming a snapshot that never came is
+        only passed over. A record that cannot be written must not stay behind naming an older snapshot
+        (a later run would take stale entries from it): it is removed, and if even that fails the run
+        stops here, before it saves anything.
+        """
+        path = self._record_path()
+        if path is None:
+            return
+        data = json.dumps({"host": host, "sources": sorted(sources), "snapshot": snapshot_id}).encode()
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, path)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            try:
+                temporary.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+            except OSError:
+                raise RepositoryError(f"cannot record the last snapshot in {path}: {reason}") from None
+            log.warning("cannot record the last snapshot in %s (%s): the next run walks every source", path, reason)
 
     # -- writing -----------------------------------------------------------------------------
 

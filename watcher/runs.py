@@ -21,6 +21,7 @@ from watcher.logs import RunLog
 from watcher.notify import RunReport, send_report, utc_now
 from watcher.repository import Repository
 from watcher.retry import RetryingBackend, RetryPolicy
+from watcher.snapshot import Snapshot
 from watcher.text import format_size
 
 log = logging.getLogger("watcher.run")
@@ -67,17 +68,20 @@ def backup_into(repository: Repository, settings: Settings, *, progress: Progres
         repository.load_index()  # under the lock: a `forget` that ran before it is seen, none runs during it
         result = run_backup(repository, options, progress, stop, changed)
     if result.snapshot is not None and settings.retention.is_set():
-        apply_retention(repository, settings)
+        apply_retention(repository, settings, result.snapshot)
     return result
 
 
-def apply_retention(repository: Repository, settings: Settings) -> None:
-    """After a successful run: forget what the policy does not keep; a failure here is only logged."""
+def apply_retention(repository: Repository, settings: Settings, saved: Snapshot) -> None:
+    """After a successful run: forget what the policy does not keep, never the snapshot just `saved`
+    (whatever other snapshots' times say); a failure here is only logged."""
     try:
-        outcome = run_forget(repository, settings.retention)
+        outcome = run_forget(repository, settings.retention, protected=frozenset({saved.id}))
     except WatcherError as error:
         log.warning("retention not applied this time: %s", error)
         return
+    if outcome.not_pruned:
+        log.warning("retention: %s", outcome.not_pruned)
     if outcome.removed_snapshots:
         log.info("retention: forgot %d snapshots, removed %d packs (%s)", outcome.removed_snapshots,
                  outcome.deleted_packs, format_size(outcome.freed_bytes))

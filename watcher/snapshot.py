@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from watcher.errors import IntegrityError
@@ -21,6 +21,9 @@ from watcher.errors import IntegrityError
 TREE_VERSION = 1
 SNAPSHOT_VERSION = 1
 KINDS = ("file", "dir", "symlink")
+# Clocks of hosts sharing a repository differ by a little; a snapshot dated further ahead than this
+# was saved by a wrong clock, and its time says nothing about which snapshot is the newest.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,11 @@ class Snapshot:
     @property
     def time_text(self) -> str:
         return format_time(self.time)
+
+
+def dated_in_future(snapshot: Snapshot, now: datetime) -> bool:
+    """True when the snapshot's time lies beyond `now` by more than the clock skew hosts may have."""
+    return snapshot.time > now + CLOCK_SKEW
 
 
 def format_time(moment: datetime) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,29 @@ def test_excluded_paths_never_trigger_a_run(daemon, source):
     paths = snapshot_paths(process.env)
     assert f"{source}/real.txt" in paths and f"{source}/scratch.tmp" not in paths
     assert process.stop() == 0
+
+
+def test_a_future_dated_snapshot_neither_parents_nor_outlives_the_daemons(daemon, source, tmp_path):
+    """A snapshot once saved by a clock a year ahead, with old content, on a file:// repository."""
+    env = daemon_env(source, tmp_path, BACKUP_KEEP_LAST="1")
+    subprocess.run([sys.executable, "-m", "watcher", "backup"], env=env, check=True, capture_output=True)
+    folder = tmp_path / "repo" / "snapshots"
+    (old,) = folder.iterdir()
+    document = json.loads(old.read_text())
+    ahead = datetime.now(UTC) + timedelta(days=365)
+    document["time"] = ahead.isoformat()
+    future = ahead.strftime("%Y%m%dT%H%M%SZ-") + "0badc10c"
+    (folder / future).write_text(json.dumps(document))
+    (source / "sub/b.txt").write_text("beta, changed after the future-dated snapshot")
+    process = daemon(BACKUP_KEEP_LAST="1")
+    process.wait_for_output("saved")
+    (source / "a.txt").write_text("alpha, changed while the daemon watches")
+    process.wait_for_output("saved", count=2, timeout=20)
+    assert process.stop() == 0
+    ids = [snapshot["id"] for snapshot in watcher_json(env, "snapshots")]
+    assert len(ids) == 2 and future in ids, "keep last 1 keeps the daemon's last; the future-dated one stays"
+    subprocess.run([sys.executable, "-m", "watcher", "restore", "latest", "--to", str(tmp_path / "out")], env=env,
+                   check=True, capture_output=True)
+    restored = tmp_path / "out" / str(source).lstrip("/")
+    assert (restored / "a.txt").read_text() == "alpha, changed while the daemon watches"
+    assert (restored / "sub/b.txt").read_text() == "beta, changed after the future-dated snapshot"

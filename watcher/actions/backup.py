@@ -26,7 +26,7 @@ from pathlib import Path
 from watcher.errors import InterruptedRunError
 from watcher.repository import BlobWriter, Repository
 from watcher.scan import ChangedWhileReading, ChunkReader, Excluder, file_state
-from watcher.snapshot import Node, Snapshot, Summary, digest, encode_tree, new_snapshot_id
+from watcher.snapshot import Node, Snapshot, Summary, dated_in_future, digest, encode_tree, new_snapshot_id
 
 log = logging.getLogger(__name__)
 
@@ -301,12 +301,22 @@ def _ancestor(run: _Run, path: str, name: str, rests: list[str], previous: Node 
     return Node(name, "dir", stat.S_IMODE(st.st_mode), mtime_ns, st.st_uid, st.st_gid, subtree=tree)
 
 
-def find_parent(repository: Repository, host: str, sources: tuple[str, ...]) -> Snapshot | None:
-    """The newest snapshot of the same host and sources: what this run is compared with."""
-    for snapshot in reversed(repository.list_snapshots()):
-        if snapshot.host == host and tuple(sorted(snapshot.sources)) == tuple(sorted(sources)):
-            return snapshot
-    return None
+def find_parent(repository: Repository, host: str, sources: tuple[str, ...], now: datetime
+                ) -> tuple[Snapshot | None, bool]:
+    """(the snapshot this run is compared with, whether untouched entries may be taken from it).
+
+    Only the last snapshot this host recorded is trusted: a snapshot's time is whatever its host's
+    clock said, and one dated in the future would otherwise be the parent for ever. Without a usable
+    record, the newest snapshot of the same host and sources not dated in the future is compared with.
+    """
+    same = [snapshot for snapshot in repository.list_snapshots()
+            if snapshot.host == host and sorted(snapshot.sources) == sorted(sources)]
+    recorded = repository.recorded_snapshot(host, sources)
+    for snapshot in same:
+        if snapshot.id == recorded:
+            return snapshot, True
+    earlier = [snapshot for snapshot in same if not dated_in_future(snapshot, now)]
+    return (earlier[-1] if earlier else None), False
 
 
 def _summary(run: _Run, parent: Snapshot | None, writer: BlobWriter, started: float) -> Summary:
@@ -346,8 +356,10 @@ def run_backup(
     started = time.monotonic()
     moment = clock()
     sources = tuple(str(source) for source in options.sources)
-    parent = find_parent(repository, options.host, sources)
-    changes = ChangedPaths(changed) if changed is not None and parent is not None else None
+    parent, trusted = find_parent(repository, options.host, sources, moment)
+    if changed is not None and parent is not None and not trusted:
+        log.info("walking every source: snapshot %s is not the last this host recorded", parent.id)
+    changes = ChangedPaths(changed) if changed is not None and trusted else None
     writer = repository.writer()
     run = _Run(repository, writer, options, progress or Progress(), stop, changes)
     try:
@@ -366,9 +378,12 @@ def run_backup(
         run.cache.commit()
     summary = _summary(run, parent, writer, started)
     if parent is not None and parent.tree == root:
+        if not trusted:  # walked in full and found equal: it is what this host holds now
+            repository.record_snapshot(options.host, sources, parent.id)
         return BackupResult(None, summary, parent, run.warnings, changes is None)
     snapshot = Snapshot(new_snapshot_id(moment), moment, options.host, sources, root,
                         parent.id if parent else None, summary)
+    repository.record_snapshot(options.host, sources, snapshot.id)
     repository.save_snapshot(snapshot)
     if not run.warnings and changes is None:
         run.cache.forget_files_before(run.generation)

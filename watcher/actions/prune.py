@@ -5,12 +5,16 @@ into new packs. The order keeps the repository sound at every instant: forgotten
 go first; new packs are uploaded and indexed; then one index naming only the packs that stay is
 written, the old index files go, and only then the packs no snapshot needs. A crash between
 steps leaves at worst packs that no index names, which the next `forget` removes.
+
+A snapshot that cannot be read (a newer watcher's format, damage) may need any pack: while one is
+in the repository, no pack is deleted or repacked. Forgetting readable snapshots is still safe (it
+removes only their own small files), so the policy is applied to them and the pruning is refused.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from watcher.config import Retention
 from watcher.locks import locked
@@ -33,6 +37,16 @@ class ForgetResult:
     repacked_packs: int = 0
     freed_bytes: int = 0
     kept_packs: int = 0
+    unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def not_pruned(self) -> str | None:
+        """Why no data was removed, when snapshots that cannot be read kept it."""
+        if not self.unreadable:
+            return None
+        named = ", ".join(self.unreadable[:3]) + (", ..." if len(self.unreadable) > 3 else "")
+        return (f"data not pruned: {len(self.unreadable)} snapshots cannot be read ({named}) and may need "
+                "any pack; upgrade watcher or remove them, then run forget again")
 
 
 def used_blobs(repository: Repository, tree_ids: list[str]) -> set[str]:
@@ -84,26 +98,38 @@ def _repack(repository: Repository, packs: set[str], used: set[str], staying: se
     return writer.written_packs
 
 
-def run_forget(repository: Repository, policy: Retention, dry_run: bool = False) -> ForgetResult:
-    """Forget what the policy does not keep, then prune; with `dry_run`, only say what would go."""
+def _forget_snapshots(repository: Repository, decisions: list[Decision]) -> None:
+    for decision in decisions:
+        if not decision.keep:
+            repository.backend.delete(f"snapshots/{decision.snapshot.id}")
+            log.info("forgot snapshot %s", decision.snapshot.id)
+
+
+def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
+               protected: frozenset[str] = frozenset()) -> ForgetResult:
+    """Forget what the policy does not keep, then prune; with `dry_run`, only say what would go.
+
+    `protected`: the snapshots the calling run just saved, kept whatever their time says.
+    """
     with locked(repository, exclusive=not dry_run):
-        decisions = decide(repository.list_snapshots(), policy)
-        result = ForgetResult(decisions, dry_run)
+        decisions = decide(repository.list_snapshots(), policy, protected=protected)
+        result = ForgetResult(decisions, dry_run, unreadable=sorted(repository.unreadable))
         kept = [decision.snapshot for decision in decisions if decision.keep]
+        result.removed_snapshots = len(decisions) - len(kept)
+        if result.unreadable:
+            if not dry_run:
+                _forget_snapshots(repository, decisions)
+            return result
         used = used_blobs(repository, [snapshot.tree for snapshot in kept])
         stored = {info.key.rsplit("/", 1)[1]: info.size for info in repository.backend.list("packs")}
         doomed, repack = _plan(repository, used, stored)
-        result.removed_snapshots = len(decisions) - len(kept)
         result.deleted_packs, result.repacked_packs = len(doomed), len(repack)
         result.freed_bytes = sum(stored[pack] for pack in doomed) + sum(
             stored[pack] - sum(e.length for e in repository.pack_blobs[pack] if e.id in used) for pack in repack)
         result.kept_packs = len(stored) - len(doomed) - len(repack)
         if dry_run:
             return result
-        for decision in decisions:
-            if not decision.keep:
-                repository.backend.delete(f"snapshots/{decision.snapshot.id}")
-                log.info("forgot snapshot %s", decision.snapshot.id)
+        _forget_snapshots(repository, decisions)
         if not doomed and not repack:
             return result
         old_indexes = set(repository.indexes)
