@@ -87,6 +87,7 @@ def _repack(repository: Repository, packs: set[str], used: set[str], staying: se
 def run_forget(repository: Repository, policy: Retention, dry_run: bool = False) -> ForgetResult:
     """Forget what the policy does not keep, then prune; with `dry_run`, only say what would go."""
     with locked(repository, exclusive=not dry_run):
+        repository.load_index()  # under the lock: packs indexed by a backup that ended meanwhile are needed
         decisions = decide(repository.list_snapshots(), policy)
         result = ForgetResult(decisions, dry_run)
         kept = [decision.snapshot for decision in decisions if decision.keep]
