@@ -111,6 +111,7 @@ class Repository:
         self.last_index = ""
         self.decoded: dict[str, Snapshot] = {}  # snapshot documents never change: decode each once
         self.lock = threading.RLock()
+        self.temporaries_swept: float | None = None  # when `forget` last looked for left-over uploads
 
     # -- opening -----------------------------------------------------------------------------
 
