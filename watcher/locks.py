@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -49,9 +48,10 @@ class RepositoryLockedError(RepositoryError, TransientError):
     """Another process holds a conflicting lock; trying again later may succeed."""
 
 
-@functools.cache
 def this_kernel() -> tuple[str, str]:
-    """(boot id, PID namespace) of this process; empty where /proc does not tell (never equal)."""
+    """(boot id, PID namespace) of this process; empty where /proc does not tell (never equal).
+
+    Read each time (two small reads per lock): a child forked after `unshare` is in another namespace."""
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
