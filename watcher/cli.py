@@ -212,6 +212,8 @@ def cmd_forget(context: Context, args: argparse.Namespace) -> int:
     context.out(f"{verb} {result.removed_snapshots} snapshots; {result.deleted_packs} packs deleted, "
                 f"{result.repacked_packs} repacked, {format_size(result.freed_bytes)} freed; "
                 f"{result.kept_packs} packs kept as they are")
+    if result.removed_temporaries:
+        context.out(f"{verb} {result.removed_temporaries} left-over temporary upload files (untouched for a day)")
     return ExitCode.OK
 
 

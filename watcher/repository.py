@@ -26,7 +26,7 @@ from pathlib import Path
 
 from watcher.backends.base import Backend
 from watcher.cache import LocalCache
-from watcher.errors import IntegrityError, NotFoundError, RepositoryError, SnapshotNotFoundError
+from watcher.errors import IntegrityError, NotFoundError, RepositoryError, SnapshotNotFoundError, TransientError
 from watcher.pack import PACK_TARGET, BlobEntry, PackBuilder, decode_blob, encode_blob
 from watcher.snapshot import (
     Node,
@@ -44,6 +44,11 @@ FORMAT_NAME = "watcher-repository"
 FORMAT_VERSION = 1
 INDEX_EVERY_PACKS = 8
 UPLOAD_QUEUE = 2
+STAT_PACKS_AT_MOST = 256  # more packs written: one listing of packs/ is cheaper than a stat for each
+
+
+class PacksRemovedError(RepositoryError, TransientError):
+    """A `forget` removed data a running backup relies on; the next attempt reads the index again."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class Repository:
         self.decoded: dict[str, Snapshot] = {}  # snapshot documents never change: decode each once
         self.unreadable: dict[str, str] = {}  # snapshot id -> why it cannot be read, as last listed
         self.lock = threading.RLock()
+        self.temporaries_swept: float | None = None  # when `forget` last looked for left-over uploads
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -276,6 +282,47 @@ class Repository:
                             snapshot.id, snapshot.time_text)
         return sensible[-1]
 
+    def confirm_stored(self, writer: BlobWriter) -> None:
+        """Before a snapshot is saved: no `forget` removed what it relies on meanwhile.
+
+        Locks keep `forget` away from a running backup; this is the defence should one not (a
+        clock far ahead, a lock deleted by hand). An index read at the start that is gone from
+        the listing means a `forget` rewrote the index; a pack this run wrote that is gone means
+        one removed it (its rewritten index may be byte for byte the old one, so both are looked
+        at). Cost when nothing happened: one listing of index/ and one stat per pack written.
+        The indexes this run wrote are replaced by one naming only its packs that still exist;
+        an index it knew is then gone, so the next attempt reads the whole index afresh and
+        uploads again what is missing.
+        """
+        with self.lock:
+            listed = {info.key.split("/", 1)[1] for info in self.backend.list("index")}
+            missing = self._missing_packs(writer.written_packs)
+        vanished = self.indexes - listed
+        if not vanished and not missing:
+            return
+        if missing:
+            remaining = [entry for entry in writer.indexed if entry[0] not in missing]
+            replacement = set()
+            if remaining:
+                self.commit_index(remaining)
+                replacement.add(self.last_index)  # may be byte for byte one of ours: never delete it
+            for index_id in sorted(writer.index_ids - replacement):
+                try:
+                    with self.lock:
+                        self.backend.delete(f"index/{index_id}")
+                except NotFoundError:
+                    pass  # the forget removed it
+        raise PacksRemovedError(
+            f"a forget removed data this backup relies on while it ran ({len(missing)} of its "
+            f"{len(writer.written_packs)} new packs, {len(vanished)} index files): no snapshot saved; "
+            "the next run reads the index again and uploads what is missing (a forget must not run "
+            "while a backup holds its lock: are the clocks of these machines far apart?)")
+
+    def _missing_packs(self, packs: set[str]) -> set[str]:
+        if len(packs) > STAT_PACKS_AT_MOST:
+            return packs - {info.key.rsplit("/", 1)[1] for info in self.backend.list("packs")}
+        return {pack for pack in packs if not self.backend.exists(pack_key(pack))}
+
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """The commit point of a backup: written last, atomically, once all it names exists."""
         data = encode_snapshot(snapshot)
@@ -369,6 +416,8 @@ class BlobWriter:
         self.bytes_added = 0
         self.uploaded: list[tuple[str, int, list[BlobEntry]]] = []
         self.written_packs: set[str] = set()
+        self.indexed: list[tuple[str, int, list[BlobEntry]]] = []  # what this writer's indexes name
+        self.index_ids: set[str] = set()
         self.queue: queue.Queue[PackBuilder | None] = queue.Queue(UPLOAD_QUEUE)
         self.error: BaseException | None = None
         self.on_upload: Callable[[int], None] = lambda size: None
@@ -435,6 +484,8 @@ class BlobWriter:
         entries, self.uploaded = self.uploaded, []
         if entries:
             self.repository.commit_index(entries)
+            self.indexed += entries
+            self.index_ids.add(self.repository.last_index)
 
     def _raise_upload_error(self) -> None:
         if self.error is not None:

@@ -15,7 +15,7 @@ from typing import BinaryIO, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from watcher.backends.base import Backend, ObjectInfo
+from watcher.backends.base import Backend, ObjectInfo, TemporaryInfo
 from watcher.errors import InterruptedRunError, is_transient
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,12 @@ class RetryingBackend(Backend):
 
     def delete(self, key: str) -> None:
         self._call(lambda: self.inner.delete(key))
+
+    def list_temporary(self) -> Iterator[TemporaryInfo]:
+        return iter(self._call(lambda: list(self.inner.list_temporary())))
+
+    def delete_temporary(self, name: str) -> None:
+        self._call(lambda: self.inner.delete_temporary(name))
 
     def describe(self) -> str:
         return self.inner.describe()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
 @pytest.fixture
 def plant(kind: str, backend: Backend) -> Callable[[str, bytes], None]:
     """Writes a file under a raw name, bypassing key checks: what a crashed upload leaves."""
+    if kind == "memory":
+        assert isinstance(backend, MemoryBackend)
+
+        def plant_memory(name: str, data: bytes) -> None:
+            backend.stray[name] = (data, time.time())
+
+        return plant_memory
     if kind == "local":
         assert isinstance(backend, LocalBackend)
 
@@ -80,6 +88,26 @@ def plant(kind: str, backend: Backend) -> Callable[[str, bytes], None]:
 
         return plant_ftp
     pytest.skip(f"a {kind} backend cannot hold a name that is not a key")
+
+
+@pytest.fixture
+def backdate(kind: str, backend: Backend) -> Callable[[str, float], None]:
+    """Sets when a planted name was last written (the test servers' files are on this machine)."""
+    if kind == "memory":
+        assert isinstance(backend, MemoryBackend)
+
+        def backdate_memory(name: str, mtime: float) -> None:
+            backend.stray[name] = (backend.stray[name][0], mtime)
+
+        return backdate_memory
+    root = Path(str(backend.root))  # type: ignore[attr-defined]
+
+    def backdate_file(name: str, mtime: float) -> None:
+        if not (root / name).is_file():
+            pytest.skip("the server's files are not on this machine")
+        os.utime(root / name, (mtime, mtime))
+
+    return backdate_file
 
 
 class BrokenSource(io.RawIOBase):
@@ -246,6 +274,41 @@ def test_list_hides_temporary_and_foreign_names(backend: Backend, plant: Callabl
     plant(".DS_Store", b"junk")
     assert [info.key for info in backend.list()] == ["data/real"]
     assert [info.key for info in backend.list("data")] == ["data/real"]
+
+
+def test_list_temporary_gives_leftovers_with_their_time(backend: Backend, plant: Callable[[str, bytes], None],
+                                                        backdate: Callable[[str, float], None]) -> None:
+    backend.put_bytes("data/real", b"x")
+    old, fresh = temp_name("data/ab/half-uploaded"), temp_name("top")
+    for name in (old, fresh, ".DS_Store", "data/.hidden", "data/.x.tmp-not-hex-digits"):
+        plant(name, b"partial")
+    three_days_ago = time.time() - 3 * 86400
+    backdate(old, three_days_ago)
+    listed = list(backend.list_temporary())
+    assert [info.name for info in listed] == sorted([old, fresh])  # only what `temp_name` makes
+    times = {info.name: info.mtime for info in listed}
+    assert times[old] is not None and abs(times[old] - three_days_ago) < 5
+    assert times[fresh] is not None and abs(times[fresh] - time.time()) < 600
+    assert [info.key for info in backend.list()] == ["data/real"]
+
+
+def test_delete_temporary(backend: Backend, plant: Callable[[str, bytes], None]) -> None:
+    backend.put_bytes("data/real", b"x")
+    left = temp_name("data/real")
+    plant(left, b"partial")
+    plant(".DS_Store", b"junk")
+    backend.delete_temporary(left)
+    assert list(backend.list_temporary()) == []
+    with pytest.raises(NotFoundError):
+        backend.delete_temporary(left)
+    for name in ("data/real", ".DS_Store", "../" + left, "data/../" + left, ""):
+        with pytest.raises(BackendConfigError):
+            backend.delete_temporary(name)
+    assert backend.get_bytes("data/real") == b"x"
+
+
+def test_list_temporary_of_an_empty_target(backend: Backend) -> None:
+    assert list(backend.list_temporary()) == []
 
 
 # -- delete ------------------------------------------------------------------------------

@@ -383,6 +383,7 @@ def run_backup(
         return BackupResult(None, summary, parent, run.warnings, changes is None)
     snapshot = Snapshot(new_snapshot_id(moment), moment, options.host, sources, root,
                         parent.id if parent else None, summary)
+    repository.confirm_stored(writer)
     repository.record_snapshot(options.host, sources, snapshot.id)
     repository.save_snapshot(snapshot)
     if not run.warnings and changes is None:

@@ -20,12 +20,23 @@ from watcher.errors import BackendConfigError, NotFoundError
 
 TEMP_MARKER = ".tmp-"
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TEMP_TOKEN_HEX = 12
+_TEMP = re.compile(rf"\.{_PART.pattern}{re.escape(TEMP_MARKER)}[0-9a-f]{{{_TEMP_TOKEN_HEX}}}")
 
 
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
+
+
+@dataclass(frozen=True)
+class TemporaryInfo:
+    """A temporary name an interrupted upload left, and when it was last written to (Unix
+    seconds by the server's clock; None when the server does not say)."""
+
+    name: str
+    mtime: float | None
 
 
 IO_CHUNK = 256 * 1024  # how much a network backend reads from a source or writes to a sink at once
@@ -70,6 +81,15 @@ def validate_key(key: str) -> str:
     return key
 
 
+def is_key(name: str) -> bool:
+    """Whether a listed name is a key; temporary and foreign names are not (hidden from `list`)."""
+    try:
+        validate_key(name)
+    except BackendConfigError:
+        return False
+    return True
+
+
 def validate_prefix(prefix: str) -> str:
     """A listing prefix is a key, or empty for everything."""
     return validate_key(prefix) if prefix else prefix
@@ -81,8 +101,21 @@ def temp_name(key: str) -> str:
     It starts with a dot so it can never pass `validate_key`, hence is hidden from `list`.
     """
     head, _, name = key.rpartition("/")
-    temp = f".{name}{TEMP_MARKER}{secrets.token_hex(6)}"
+    temp = f".{name}{TEMP_MARKER}{secrets.token_hex(_TEMP_TOKEN_HEX // 2)}"
     return f"{head}/{temp}" if head else temp
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` has exactly the form `temp_name` gives (in folders that are keys)."""
+    head, _, last = name.rpartition("/")
+    return bool(_TEMP.fullmatch(last)) and (not head or is_key(head))
+
+
+def validate_temp_name(name: str) -> str:
+    """Return `name` if it is a temporary name, else raise: only those may be removed as leftovers."""
+    if not is_temp_name(name):
+        raise BackendConfigError(f"not a temporary name: {name!r}")
+    return name
 
 
 class _Pieces:
@@ -161,6 +194,17 @@ class Backend(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object. Raises NotFoundError when absent."""
+
+    @abstractmethod
+    def list_temporary(self) -> Iterator[TemporaryInfo]:
+        """Every temporary name (`is_temp_name`) left by an interrupted upload, sorted by name.
+
+        Unlike `list`, only those: foreign names are never touched.
+        """
+
+    @abstractmethod
+    def delete_temporary(self, name: str) -> None:
+        """Remove a temporary name `list_temporary` gave. Raises NotFoundError when absent."""
 
     @abstractmethod
     def describe(self) -> str:

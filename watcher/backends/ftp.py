@@ -31,10 +31,14 @@ from watcher.backends.base import (
     Backend,
     CallerStreamError,
     ObjectInfo,
+    TemporaryInfo,
+    is_key,
+    is_temp_name,
     read_source,
     temp_name,
     validate_key,
     validate_prefix,
+    validate_temp_name,
     write_sink,
 )
 from watcher.backends.ftp_client import (
@@ -47,6 +51,7 @@ from watcher.backends.ftp_client import (
     tls_context,
 )
 from watcher.backends.ftp_errors import translate
+from watcher.backends.ftp_listing import Entry
 from watcher.errors import AuthError, BackendConfigError, BackendError, NotFoundError, is_transient
 
 log = logging.getLogger(__name__)
@@ -281,39 +286,55 @@ class FtpBackend(Backend):
         return ObjectInfo(key, size)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        start = self._path(validate_prefix(prefix)) if prefix else self.root
-        found: list[ObjectInfo] = []
         with self._lock:
-            ftp = self._session()
-            try:
-                # LIST of a file lists the file: make sure the prefix is a folder first.
-                pending = [(start, prefix)] if ftp.is_folder(start) else []
-                while pending:
-                    folder, relative = pending.pop()
-                    for entry in ftp.entries(folder):
-                        key = f"{relative}/{entry.name}" if relative else entry.name
-                        try:
-                            validate_key(key)
-                        except BackendError:
-                            continue  # temporary or foreign names, `.` and `..`
-                        if entry.kind == "dir":
-                            pending.append((posixpath.join(folder, entry.name), key))
-                        elif entry.kind == "file":
-                            found.append(ObjectInfo(key, entry.size))
-            except Exception as error:
-                self._fail(error, prefix or ".")
+            found = [ObjectInfo(name, entry.size) for name, entry in self._files(prefix) if is_key(name)]
         yield from sorted(found, key=lambda info: info.key)
 
+    def _files(self, prefix: str) -> list[tuple[str, Entry]]:
+        """(name, entry) of every file below `prefix`, in folders whose names are keys."""
+        start = self._path(validate_prefix(prefix)) if prefix else self.root
+        found: list[tuple[str, Entry]] = []
+        ftp = self._session()
+        try:
+            # LIST of a file lists the file: make sure the prefix is a folder first.
+            pending = [(start, prefix)] if ftp.is_folder(start) else []
+            while pending:
+                folder, relative = pending.pop()
+                for entry in ftp.entries(folder):
+                    name = f"{relative}/{entry.name}" if relative else entry.name
+                    if entry.kind == "dir" and is_key(name):  # never `.` and `..`
+                        pending.append((posixpath.join(folder, entry.name), name))
+                    elif entry.kind == "file":
+                        found.append((name, entry))
+        except Exception as error:
+            self._fail(error, prefix or ".")
+        return found
+
+    def list_temporary(self) -> Iterator[TemporaryInfo]:
+        with self._lock:
+            names = [name for name, _entry in self._files("") if is_temp_name(name)]
+            ftp = self._session()
+            try:  # a LIST time is local, coarse or without a year: ask MDTM (UTC) for the few temporaries
+                found = [TemporaryInfo(name, ftp.modified(self._path(name))) for name in sorted(names)]
+            except Exception as error:
+                self._fail(error, ".")
+        yield from found
+
     def delete(self, key: str) -> None:
-        path = self._path(validate_key(key))
+        self._remove(self._path(validate_key(key)), key)
+
+    def delete_temporary(self, name: str) -> None:
+        self._remove(self._path(validate_temp_name(name)), name)
+
+    def _remove(self, path: str, what: str) -> None:
         with self._lock:
             ftp = self._session()
             try:
                 ftp.voidcmd(line("DELE", path))
             except ftplib.error_perm as refused:
-                self._fail_absent_or_denied(refused, ftp, path, key)
+                self._fail_absent_or_denied(refused, ftp, path, what)
             except Exception as error:
-                self._fail(error, key)
+                self._fail(error, what)
 
     def _remove_quietly(self, path: str) -> None:
         if self._ftp is None or self._ftp.sock is None:
@@ -324,4 +345,3 @@ class FtpBackend(Backend):
             pass  # best effort: a temporary name is hidden anyway
         except Exception:
             self._drop()
-

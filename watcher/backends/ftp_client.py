@@ -24,6 +24,7 @@ import posixpath
 import socket
 import ssl
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from watcher.backends.base import IO_CHUNK, CallerStreamError
@@ -140,6 +141,19 @@ class ClientMixin(ftplib.FTP):
             folder, name = posixpath.split(path)  # a server without SIZE: look in the listing
             return next((e.size for e in self.entries(folder) if e.name == name and e.kind == "file"), None)
         return int(reply[3:].strip().split()[0])
+
+    def modified(self, path: str) -> float | None:
+        """When the file at `path` was last written (MDTM, UTC); None when the server cannot say."""
+        try:
+            reply = self.sendcmd(line("MDTM", path))
+        except ftplib.error_perm as error:
+            if code_of(error) == "550" or code_of(error) in NOT_IMPLEMENTED:
+                return None
+            raise
+        try:
+            return datetime.strptime(reply[3:].strip()[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            return None  # an answer in no known form: the age stays unknown
 
     def is_folder(self, path: str) -> bool:
         try:

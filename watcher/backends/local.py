@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -12,9 +13,13 @@ from typing import BinaryIO
 from watcher.backends.base import (
     Backend,
     ObjectInfo,
+    TemporaryInfo,
+    is_key,
+    is_temp_name,
     temp_name,
     validate_key,
     validate_prefix,
+    validate_temp_name,
 )
 from watcher.errors import (
     BackendConfigError,
@@ -101,27 +106,46 @@ class LocalBackend(Backend):
         base = self.root / validate_prefix(prefix) if prefix else self.root
         found: list[ObjectInfo] = []
         try:
-            for folder, _dirs, files in os.walk(base):
-                relative = os.path.relpath(folder, self.root)
-                for name in files:
-                    key = name if relative == "." else f"{relative}/{name}"
-                    try:
-                        validate_key(key)
-                    except BackendError:
-                        continue  # temporary or foreign file
-                    found.append(ObjectInfo(key, os.stat(os.path.join(folder, name)).st_size))
+            for key, path in self._files(base):
+                if is_key(key):  # not a temporary or foreign file
+                    found.append(ObjectInfo(key, os.stat(path).st_size))
         except OSError as error:
             raise translate(error, prefix or ".") from error
         yield from sorted(found, key=lambda info: info.key)
 
+    def _files(self, base: Path) -> Iterator[tuple[str, str]]:
+        """(name relative to the root, path) of every file below `base`."""
+        for folder, _dirs, files in os.walk(base):
+            relative = os.path.relpath(folder, self.root)
+            for name in files:
+                yield (name if relative == "." else f"{relative}/{name}"), os.path.join(folder, name)
+
     def delete(self, key: str) -> None:
+        _unlink(self._path(key), key)
+
+    def list_temporary(self) -> Iterator[TemporaryInfo]:
+        found: list[TemporaryInfo] = []
         try:
-            os.unlink(self._path(key))
+            for name, path in self._files(self.root):
+                if is_temp_name(name):
+                    with contextlib.suppress(FileNotFoundError):  # its upload just ended
+                        found.append(TemporaryInfo(name, os.stat(path).st_mtime))
         except OSError as error:
-            raise translate(error, key) from error
+            raise translate(error, ".") from error
+        yield from sorted(found, key=lambda info: info.name)
+
+    def delete_temporary(self, name: str) -> None:
+        _unlink(self.root / validate_temp_name(name), name)
 
     def describe(self) -> str:
         return f"file://{self.root}"
+
+
+def _unlink(path: Path, what: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as error:
+        raise translate(error, what) from error
 
 
 def _fsync_dir(path: Path) -> None:

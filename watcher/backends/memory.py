@@ -6,7 +6,15 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from watcher.backends.base import Backend, ObjectInfo, validate_key, validate_prefix
+from watcher.backends.base import (
+    Backend,
+    ObjectInfo,
+    TemporaryInfo,
+    is_temp_name,
+    validate_key,
+    validate_prefix,
+    validate_temp_name,
+)
 from watcher.errors import NotFoundError
 
 
@@ -16,6 +24,7 @@ class MemoryBackend(Backend):
     def __init__(self, name: str = "test") -> None:
         self.name = name
         self.objects: dict[str, bytes] = {}
+        self.stray: dict[str, tuple[bytes, float | None]] = {}  # not keys, with a time: as crashes leave
         self._lock = threading.Lock()
 
     def open(self) -> None:
@@ -58,6 +67,17 @@ class MemoryBackend(Backend):
         with self._lock:
             if self.objects.pop(validate_key(key), None) is None:
                 raise NotFoundError(f"{key}: not found")
+
+    def list_temporary(self) -> Iterator[TemporaryInfo]:
+        with self._lock:
+            items = sorted((name, mtime) for name, (_data, mtime) in self.stray.items() if is_temp_name(name))
+        for name, mtime in items:
+            yield TemporaryInfo(name, mtime)
+
+    def delete_temporary(self, name: str) -> None:
+        with self._lock:
+            if self.stray.pop(validate_temp_name(name), None) is None:
+                raise NotFoundError(f"{name}: not found")
 
     def describe(self) -> str:
         return f"memory://{self.name}"

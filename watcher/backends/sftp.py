@@ -40,10 +40,14 @@ from watcher.backends.base import (
     Backend,
     CallerStreamError,
     ObjectInfo,
+    TemporaryInfo,
+    is_key,
+    is_temp_name,
     read_source,
     temp_name,
     validate_key,
     validate_prefix,
+    validate_temp_name,
     write_sink,
 )
 from watcher.backends.known_hosts import add_known_host, read_known_hosts
@@ -404,9 +408,13 @@ class SftpBackend(Backend):
         return ObjectInfo(key, attributes.st_size or 0)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        found = [ObjectInfo(key, entry.st_size or 0) for key, entry in self._files(prefix) if is_key(key)]
+        yield from sorted(found, key=lambda info: info.key)
+
+    def _files(self, prefix: str) -> Iterator[tuple[str, paramiko.SFTPAttributes]]:
+        """(name, attributes) of every file below `prefix`, in folders whose names are keys."""
         start = self._path(validate_prefix(prefix)) if prefix else self.root
         sftp = self._session()
-        found: list[ObjectInfo] = []
         pending = [(start, prefix)]
         while pending:
             folder, relative = pending.pop()
@@ -417,25 +425,29 @@ class SftpBackend(Backend):
                     continue  # a missing prefix, or a folder removed meanwhile
                 self._fail(error, relative or ".")
             for entry in entries:
-                key = f"{relative}/{entry.filename}" if relative else entry.filename
-                try:
-                    validate_key(key)
-                except BackendError:
-                    continue  # temporary or foreign name
+                name = f"{relative}/{entry.filename}" if relative else entry.filename
                 mode = entry.st_mode or 0
-                if stat_mode.S_ISDIR(mode):
-                    pending.append((posixpath.join(folder, entry.filename), key))
+                if stat_mode.S_ISDIR(mode) and is_key(name):
+                    pending.append((posixpath.join(folder, entry.filename), name))
                 elif stat_mode.S_ISREG(mode):
-                    found.append(ObjectInfo(key, entry.st_size or 0))
-        yield from sorted(found, key=lambda info: info.key)
+                    yield name, entry
+
+    def list_temporary(self) -> Iterator[TemporaryInfo]:
+        found = [TemporaryInfo(name, entry.st_mtime) for name, entry in self._files("") if is_temp_name(name)]
+        yield from sorted(found, key=lambda info: info.name)
 
     def delete(self, key: str) -> None:
-        path = self._path(validate_key(key))
+        self._remove(self._path(validate_key(key)), key)
+
+    def delete_temporary(self, name: str) -> None:
+        self._remove(self._path(validate_temp_name(name)), name)
+
+    def _remove(self, path: str, what: str) -> None:
         sftp = self._session()
         try:
             sftp.remove(path)
         except Exception as error:
-            self._fail(error, key)
+            self._fail(error, what)
 
     def _remove_quietly(self, path: str) -> None:
         if not self._alive():
