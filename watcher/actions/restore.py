@@ -29,6 +29,8 @@ PACK_CACHE_BYTES = 96 * 1024 * 1024
 PREFETCH_PACKS = 2
 WHOLE_PACK_FRACTION = 0.25
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NAME_MAX = 255  # bytes in one file name (Linux, and the common file systems of other systems)
+TEMP_SUFFIX = ".watcher-restore-"
 
 
 class RestoreTargetError(WatcherError):
@@ -232,6 +234,26 @@ def _apply_metadata(fd: int, node: Node) -> None:
     os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
 
+def restore_temp_name(name: str) -> str:
+    """`.<name>.watcher-restore-<random>`, within NAME_MAX bytes whatever the name.
+
+    NAME_MAX counts bytes, and a character may take up to 4 of them: the name is shortened by
+    whole characters (a surrogate escape is one byte) until its bytes fit, never leaving the
+    first bytes of a character behind.
+    """
+    token = secrets.token_hex(4)
+    budget = NAME_MAX - len(".") - len(TEMP_SUFFIX) - len(token)
+    if len(os.fsencode(name)) <= budget:
+        return f".{name}{TEMP_SUFFIX}{token}"
+    kept, size = 0, 0
+    for character in name:
+        size += len(os.fsencode(character))
+        if size > budget:
+            break
+        kept += 1
+    return f".{name[:kept]}{TEMP_SUFFIX}{token}"
+
+
 class _Restorer:
     def __init__(self, repository: Repository, root: Path, progress: RestoreProgress) -> None:
         self.repository = repository
@@ -240,7 +262,7 @@ class _Restorer:
         self.result = RestoreResult()
 
     def restore_file(self, parent: int, node: Node, source: _BlobSource) -> None:
-        temp = f".{node.name[:200]}.watcher-restore-{secrets.token_hex(4)}"
+        temp = restore_temp_name(node.name)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
         try:
             written = 0
