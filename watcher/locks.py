@@ -20,12 +20,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from watcher import fields
 from watcher.errors import NotFoundError, RepositoryError, TransientError, WatcherError
 from watcher.repository import Repository
 
 log = logging.getLogger(__name__)
 
 STALE_SECONDS = 30 * 60
+PID_MAX = 2**31 - 1
 REFRESH_SECONDS = 5 * 60
 
 
@@ -62,12 +64,14 @@ class LockInfo:
 def _read(repository: Repository, key: str) -> LockInfo | None:
     try:
         with repository.lock:
-            data = json.loads(repository.backend.get_bytes(key))
-        return LockInfo(key, str(data["host"]), int(data["pid"]), float(data["time"]), bool(data["exclusive"]))
+            data = fields.mapping(fields.load_json(repository.backend.get_bytes(key)), "lock")
+        return LockInfo(key, fields.text(data["host"], "host"), fields.integer(data["pid"], "pid", 1, PID_MAX),
+                        fields.number(data["time"], "time", fields.SECONDS_MIN, fields.SECONDS_MAX),
+                        fields.boolean(data["exclusive"], "exclusive"))
     except NotFoundError:
         return None  # released meanwhile
-    except (ValueError, KeyError, TypeError):
-        log.warning("ignoring an unreadable lock %s", key)
+    except (ValueError, KeyError) as error:
+        log.warning("ignoring an unreadable lock %s: %s", key, fields.reason(error))
         return None
 
 

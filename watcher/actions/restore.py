@@ -80,12 +80,26 @@ class _Selection:
         return ["/" + "/".join(parts) for parts in self.wanted if parts not in self.found]
 
 
-def _plan(repository: Repository, tree_id: str, selection: _Selection) -> list[tuple[tuple[str, ...], Node]]:
-    """Every selected entry in depth-first order, folders before what they hold."""
+def _plan(repository: Repository, tree_id: str, selection: _Selection,
+          problems: list[str]) -> list[tuple[tuple[str, ...], Node]]:
+    """Every selected entry in depth-first order, folders before what they hold.
+
+    An entry or a folder's tree that cannot be read adds a line to `problems`, and the rest goes on.
+    """
     entries: list[tuple[tuple[str, ...], Node]] = []
 
     def walk(tree: str, prefix: tuple[str, ...]) -> None:
-        for node in repository.load_tree(tree):
+        where = "/" + "/".join(prefix)
+        try:
+            nodes, bad = repository.load_readable_tree(tree)
+        except (IntegrityError, NotFoundError) as error:
+            if not prefix:
+                raise  # not even the root: nothing to restore
+            problems.append(f"{where}: {error}")
+            return
+        problems.extend(f"{where}: {entry.message}" for entry in bad
+                        if entry.name is None or selection.includes((*prefix, entry.name)))
+        for node in nodes:
             parts = (*prefix, node.name)
             if not selection.includes(parts):
                 continue
@@ -311,7 +325,8 @@ def run_restore(
 ) -> RestoreResult:
     """Restore `snapshot` (all of it, or `paths`) under `target`; per-entry errors are collected."""
     selection = _Selection(paths or [])
-    plan = _plan(repository, snapshot.tree, selection)
+    unreadable: list[str] = []
+    plan = _plan(repository, snapshot.tree, selection, unreadable)
     missing = selection.missing()
     if missing:
         raise SnapshotNotFoundError(f"not in snapshot {snapshot.id}: {', '.join(missing)}")
@@ -327,6 +342,9 @@ def run_restore(
     progress.start(total)
     source = _BlobSource(repository, needed, list(needed))
     restorer = _Restorer(repository, target, progress)
+    for problem in unreadable:
+        restorer.result.errors.append(problem)
+        log.error("cannot restore %s", problem)
     try:
         for parts, node in plan:
             where = "/" + "/".join(parts)
