@@ -114,6 +114,8 @@ class LocalCache:
         ).fetchone()
         if row is None or tuple(row[:4]) != (state.size, state.mtime_ns, state.ctime_ns, state.inode):
             return None
+        if not isinstance(row[4], str):
+            return None  # a damaged row (SQLite keeps any type in any column): read the file again
         return row[4].split(",") if row[4] else []
 
     def remember_file(self, path: bytes, state: FileState, chunks: list[str], generation: int) -> None:
@@ -155,7 +157,7 @@ class LocalCache:
         row = self.db.execute("SELECT data FROM blobs WHERE id = ?", (blob_id,)).fetchone()
         if row is None:
             return None
-        if hashlib.sha256(row[0]).hexdigest() != blob_id:
+        if not isinstance(row[0], bytes) or hashlib.sha256(row[0]).hexdigest() != blob_id:
             self.db.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
             return None
         return bytes(row[0])
@@ -181,7 +183,7 @@ class LocalCache:
     def get_snapshot(self, snapshot_id: str) -> bytes | None:
         assert self.db is not None
         row = self.db.execute("SELECT data FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
-        return None if row is None else bytes(row[0])
+        return row[0] if row is not None and isinstance(row[0], bytes) else None
 
     @_tolerant(None)
     def put_snapshot(self, snapshot_id: str, data: bytes) -> None:

@@ -34,12 +34,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from watcher import fields
 from watcher.errors import NotFoundError, RepositoryError, TransientError, WatcherError
 from watcher.repository import Repository
 
 log = logging.getLogger(__name__)
 
 STALE_SECONDS = 30 * 60
+PID_MAX = 2**31 - 1
 REFRESH_SECONDS = 5 * 60
 _HOLDER_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -120,16 +122,15 @@ def _flock_held(path: Path) -> bool | None:
 
 
 def _decode(key: str, data: bytes) -> LockInfo:
-    document = json.loads(data)
-    pid = document["pid"]
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        raise ValueError("bad pid")  # kill(0) or kill(-1) would probe whole process groups
-    extra = {name: document.get(name, "") for name in ("holder", "boot_id", "pid_namespace")}
-    if not all(isinstance(value, str) for value in extra.values()):
-        raise TypeError("bad holder")
+    document = fields.mapping(fields.load_json(data), "lock")
+    # pid above 0: kill(0) or kill(-1) would probe whole process groups
+    pid = fields.integer(document["pid"], "pid", 1, PID_MAX)
+    extra = {name: fields.text(document.get(name, ""), name) for name in ("holder", "boot_id", "pid_namespace")}
     if not _HOLDER_ID.fullmatch(extra["holder"]):
         extra["holder"] = ""  # it names a file in our state folder: only our own form is used
-    return LockInfo(key, str(document["host"]), pid, float(document["time"]), bool(document["exclusive"]), **extra)
+    return LockInfo(key, fields.text(document["host"], "host"), pid,
+                    fields.number(document["time"], "time", fields.SECONDS_MIN, fields.SECONDS_MAX),
+                    fields.boolean(document["exclusive"], "exclusive"), **extra)
 
 
 def _read(repository: Repository, key: str) -> LockInfo | None:
@@ -138,8 +139,8 @@ def _read(repository: Repository, key: str) -> LockInfo | None:
             return _decode(key, repository.backend.get_bytes(key))
     except NotFoundError:
         return None  # released meanwhile
-    except (ValueError, KeyError, TypeError):
-        log.warning("ignoring an unreadable lock %s", key)
+    except (ValueError, KeyError) as error:
+        log.warning("ignoring an unreadable lock %s: %s", key, fields.reason(error))
         return None
 
 

@@ -15,11 +15,13 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from watcher import fields
 from watcher.errors import IntegrityError
 
 MAGIC = b"WPACK001"
 TRAILER = struct.Struct("<I8s")
 PACK_TARGET = 16 * 1024 * 1024
+HEADER_VERSION = 1
 ENCODINGS = ("raw", "zlib")
 BLOB_TYPES = ("data", "tree")
 
@@ -39,13 +41,12 @@ class BlobEntry:
         return [self.id, self.type, self.encoding, self.offset, self.length]
 
     @classmethod
-    def from_row(cls, row: list[object], pack: str) -> BlobEntry:
-        blob_id, blob_type, encoding, offset, length = row
-        if blob_type not in BLOB_TYPES or encoding not in ENCODINGS:
-            raise ValueError(f"unknown blob type or encoding in {row!r}")
-        if int(offset) < 0 or int(length) < 0:  # type: ignore[call-overload]
-            raise ValueError(f"negative offset or length in {row!r}")
-        return cls(str(blob_id), str(blob_type), str(encoding), int(offset), int(length), pack)  # type: ignore[arg-type]
+    def from_row(cls, row: object, pack: str) -> BlobEntry:
+        """A row of a pack header or an index, every field checked (FieldError otherwise)."""
+        blob_id, blob_type, encoding, offset, length = fields.array(row, "blob row", 5)
+        return cls(fields.hex_id(blob_id, "blob id"), fields.choice(blob_type, "blob type", BLOB_TYPES),
+                   fields.choice(encoding, "encoding", ENCODINGS), fields.integer(offset, "offset"),
+                   fields.integer(length, "length"), pack)
 
 
 def encode_blob(data: bytes | memoryview, encoding: str) -> bytes:
@@ -78,7 +79,8 @@ class PackBuilder:
         self.buffer += stored
 
     def finish(self) -> tuple[str, bytes, list[BlobEntry]]:
-        header = json.dumps({"version": 1, "blobs": [e.as_row() for e in self.entries]}, separators=(",", ":"))
+        rows = [entry.as_row() for entry in self.entries]
+        header = json.dumps({"version": HEADER_VERSION, "blobs": rows}, separators=(",", ":"))
         encoded = header.encode()
         self.buffer += encoded + TRAILER.pack(len(encoded), MAGIC)
         data = bytes(self.buffer)
@@ -99,10 +101,11 @@ def parse_header(pack_id: str, data: bytes) -> list[BlobEntry]:
         start = len(data) - TRAILER.size - length
         if start < 0:
             raise ValueError("header longer than the pack")
-        document = json.loads(data[start : len(data) - TRAILER.size])
-        entries = [BlobEntry.from_row(row, pack_id) for row in document["blobs"]]
-    except (ValueError, KeyError, TypeError, struct.error) as error:
-        raise IntegrityError(f"pack {pack_id[:12]} has an unreadable header: {error}") from error
+        document = fields.mapping(fields.load_json(data[start : len(data) - TRAILER.size]), "header")
+        fields.version(document, HEADER_VERSION, "pack header")
+        entries = [BlobEntry.from_row(row, pack_id) for row in fields.array(document["blobs"], "blobs")]
+    except (ValueError, KeyError, struct.error) as error:
+        raise IntegrityError(f"pack {pack_id[:12]} has an unreadable header: {fields.reason(error)}") from error
     for entry in entries:
         if entry.offset < 0 or entry.offset + entry.length > start:
             raise IntegrityError(f"pack {pack_id[:12]} header points outside its data")

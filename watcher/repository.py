@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from watcher import fields
 from watcher.backends.base import Backend
 from watcher.cache import LocalCache
 from watcher.errors import IntegrityError, NotFoundError, RepositoryError, SnapshotNotFoundError, TransientError
 from watcher.pack import PACK_TARGET, BlobEntry, PackBuilder, decode_blob, encode_blob
 from watcher.snapshot import (
+    BadEntry,
     Node,
     Snapshot,
     dated_in_future,
@@ -36,12 +38,14 @@ from watcher.snapshot import (
     decode_tree,
     digest,
     encode_snapshot,
+    read_tree,
 )
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "watcher-repository"
 FORMAT_VERSION = 1
+INDEX_VERSION = 1
 INDEX_EVERY_PACKS = 8
 UPLOAD_QUEUE = 2
 STAT_PACKS_AT_MOST = 256  # more packs written: one listing of packs/ is cheaper than a stat for each
@@ -58,6 +62,24 @@ class ChunkerParams:
     max_size: int = 8 * 1024 * 1024
     normalization: int = 1
     seed: int = 0
+
+
+# What the chunker (pyfastcdc) accepts: outside these it refuses to start.
+CHUNKER_LIMITS = {"min_size": (64, 1 << 20), "avg_size": (256, 4 << 20), "max_size": (1024, 16 << 20),
+                  "normalization": (0, 3), "seed": (0, 2**64 - 1)}
+PACK_SIZE_MAX = 1 << 30  # a pack is built in memory
+
+
+def _chunker_from_json(value: object) -> ChunkerParams:
+    document = fields.mapping(value, "chunker")
+    defaults = ChunkerParams()
+    params = ChunkerParams(**{
+        key: fields.integer(document.get(key, getattr(defaults, key)), f"chunker.{key}", low, high)
+        for key, (low, high) in CHUNKER_LIMITS.items()
+    })
+    if not params.min_size <= params.avg_size <= params.max_size:
+        raise fields.FieldError("chunker: sizes are not min_size <= avg_size <= max_size")
+    return params
 
 
 @dataclass(frozen=True)
@@ -85,7 +107,7 @@ class RepoConfig:
     @classmethod
     def decode(cls, data: bytes) -> RepoConfig:
         try:
-            document = json.loads(data)
+            document = fields.mapping(fields.load_json(data), "config")
             if document.get("format") != FORMAT_NAME:
                 raise RepositoryError("the target holds something that is not a watcher repository")
             if document.get("version") != FORMAT_VERSION:
@@ -94,10 +116,10 @@ class RepoConfig:
                 )
             if document.get("encryption", "none") != "none" or document.get("compression", "none") != "none":
                 raise RepositoryError("this repository uses encryption or compression this watcher cannot read")
-            chunker = {k: v for k, v in document["chunker"].items() if k != "algorithm"}
-            return cls(str(document["id"]), ChunkerParams(**chunker), int(document["pack_size"]))
-        except (ValueError, KeyError, TypeError) as error:
-            raise IntegrityError(f"repository config cannot be read: {error}") from error
+            pack_size = fields.integer(document["pack_size"], "pack_size", 1, PACK_SIZE_MAX)
+            return cls(str(document["id"]), _chunker_from_json(document["chunker"]), pack_size)
+        except (ValueError, KeyError) as error:
+            raise IntegrityError(f"repository config cannot be read: {fields.reason(error)}") from error
 
 
 def pack_key(pack_id: str) -> str:
@@ -167,16 +189,24 @@ class Repository:
         return data
 
     def _add_index(self, index_id: str, data: bytes) -> None:
+        """Read a whole index before using any of it: a bad one changes nothing."""
+        packs = []
         try:
-            document = json.loads(data)
-            for pack in document["packs"]:
-                self.packs[pack["id"]] = int(pack["size"])
-                entries = [BlobEntry.from_row(row, pack["id"]) for row in pack["blobs"]]
-                self.pack_blobs[pack["id"]] = entries
-                for entry in entries:
-                    self.blobs.setdefault(entry.id, entry)
-        except (ValueError, KeyError, TypeError) as error:
-            raise IntegrityError(f"index {index_id[:12]} cannot be read: {error}") from error
+            document = fields.mapping(fields.load_json(data), "index")
+            fields.version(document, INDEX_VERSION, "index")
+            for pack in fields.array(document["packs"], "packs"):
+                pack = fields.mapping(pack, "pack")
+                pack_id = fields.hex_id(pack["id"], "pack id")
+                size = fields.integer(pack["size"], "pack size")
+                packs.append((pack_id, size, [BlobEntry.from_row(row, pack_id)
+                                              for row in fields.array(pack["blobs"], "blobs")]))
+        except (ValueError, KeyError) as error:
+            raise IntegrityError(f"index {index_id[:12]} cannot be read: {fields.reason(error)}") from error
+        for pack_id, size, entries in packs:
+            self.packs[pack_id] = size
+            self.pack_blobs[pack_id] = entries
+            for entry in entries:
+                self.blobs.setdefault(entry.id, entry)
         self.indexes.add(index_id)
 
     # -- reading -----------------------------------------------------------------------------
@@ -193,12 +223,19 @@ class Repository:
             stored = self.backend.read_range(pack_key(entry.pack), entry.offset, entry.length)
         return bytes(decode_blob(stored, entry))
 
-    def load_tree(self, tree_id: str) -> list[Node]:
+    def _tree_data(self, tree_id: str) -> bytes:
         data = self.cache.get_blob(tree_id)
         if data is None:
             data = self.read_blob(tree_id)
             self.cache.put_blob(tree_id, "tree", data)
-        return decode_tree(data, tree_id)
+        return data
+
+    def load_tree(self, tree_id: str) -> list[Node]:
+        return decode_tree(self._tree_data(tree_id), tree_id)
+
+    def load_readable_tree(self, tree_id: str) -> tuple[list[Node], list[BadEntry]]:
+        """The entries that can be read, and the bad ones (for restore and check, which go on past them)."""
+        return read_tree(self._tree_data(tree_id), tree_id)
 
     def read_pack(self, pack_id: str, *, verify: bool = True) -> bytes:
         """A whole pack; `verify=False` skips the pack's hash when every blob taken from it is checked."""
@@ -386,7 +423,7 @@ class Repository:
 
     def commit_index(self, entries: list[tuple[str, int, list[BlobEntry]]]) -> None:
         document = {
-            "version": 1,
+            "version": INDEX_VERSION,
             "packs": [
                 {"id": pack_id, "size": size, "blobs": [blob.as_row() for blob in blobs]}
                 for pack_id, size, blobs in entries

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from watcher import fields
 from watcher.errors import IntegrityError
 
 TREE_VERSION = 1
@@ -113,25 +114,43 @@ def _node_to_json(node: Node) -> dict[str, Any]:
     return data
 
 
-def _node_from_json(data: dict[str, Any]) -> Node:
-    kind = data["type"]
-    if kind not in KINDS:
-        raise ValueError(f"unknown entry type {kind!r}")
-    name = data["name"]
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"unsafe entry name {name!r}")
-    return Node(
-        name=name,
-        kind=kind,
-        mode=int(data["mode"]),
-        mtime_ns=int(data["mtime_ns"]),
-        uid=int(data.get("uid", 0)),
-        gid=int(data.get("gid", 0)),
-        size=int(data.get("size", 0)),
-        content=tuple(str(chunk) for chunk in data.get("content", ())),
-        subtree=data.get("subtree"),
-        target=data.get("target"),
+def _node_from_json(value: object) -> Node:
+    """One entry, every field checked: a value no file system could hold is refused here."""
+    data = fields.mapping(value, "entry")
+    kind = fields.choice(data["type"], "type", KINDS)
+    common = (
+        fields.name(data["name"]),
+        kind,
+        fields.integer(data["mode"], "mode", 0, fields.MODE_MAX),
+        fields.integer(data["mtime_ns"], "mtime_ns", fields.NS_MIN, fields.NS_MAX),
+        fields.integer(data.get("uid", 0), "uid", 0, fields.ID_MAX),
+        fields.integer(data.get("gid", 0), "gid", 0, fields.ID_MAX),
     )
+    if kind == "file":
+        return Node(*common, size=fields.integer(data.get("size", 0), "size"),
+                    content=fields.hex_ids(data.get("content", []), "content"))
+    if kind == "dir":
+        subtree = data.get("subtree")  # a folder without one is damage that `check` reports
+        return Node(*common, subtree=None if subtree is None else fields.hex_id(subtree, "subtree"))
+    return Node(*common, target=fields.path_text(data["target"], "target"))
+
+
+@dataclass(frozen=True)
+class BadEntry:
+    """An entry of a tree that cannot be read: its name when that much is readable, and why."""
+
+    name: str | None
+    message: str
+
+
+def _bad_entry(tree_id: str, position: int, value: object, error: Exception) -> BadEntry:
+    raw = value.get("name") if isinstance(value, dict) else None
+    try:
+        name = fields.name(raw)
+    except ValueError:
+        name = None
+    label = f" ({fields.shown(raw)})" if isinstance(raw, str) else ""
+    return BadEntry(name, f"tree {tree_id[:12]}, entry {position}{label} cannot be read: {fields.reason(error)}")
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
@@ -141,14 +160,34 @@ def encode_tree(nodes: list[Node]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-def decode_tree(data: bytes, tree_id: str = "") -> list[Node]:
+def read_tree(data: bytes, tree_id: str = "") -> tuple[list[Node], list[BadEntry]]:
+    """The entries that can be read, and one `BadEntry` for each that cannot.
+
+    For `restore` and `check`, which go on past a bad entry; raises IntegrityError when the tree
+    itself cannot be read.
+    """
     try:
-        document = json.loads(data)
-        if document.get("version") != TREE_VERSION:
-            raise ValueError(f"unknown tree version {document.get('version')!r}")
-        return [_node_from_json(entry) for entry in document["entries"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise IntegrityError(f"tree {tree_id[:12]} cannot be read: {error}") from error
+        document = fields.mapping(fields.load_json(data), "tree")
+        fields.version(document, TREE_VERSION, "tree")
+        entries = fields.array(document["entries"], "entries")
+    except (ValueError, KeyError) as error:
+        raise IntegrityError(f"tree {tree_id[:12]} cannot be read: {fields.reason(error)}") from error
+    nodes, bad = [], []
+    for position, entry in enumerate(entries):
+        try:
+            nodes.append(_node_from_json(entry))
+        except (ValueError, KeyError) as error:
+            bad.append(_bad_entry(tree_id, position, entry, error))
+    return nodes, bad
+
+
+def decode_tree(data: bytes, tree_id: str = "") -> list[Node]:
+    """Every entry of a tree, or IntegrityError (naming the first bad entry) when one cannot be read."""
+    nodes, bad = read_tree(data, tree_id)
+    if bad:
+        more = f" (and {len(bad) - 1} more bad entries)" if len(bad) > 1 else ""
+        raise IntegrityError(bad[0].message + more)
+    return nodes
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
@@ -164,21 +203,38 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     return json.dumps(document, sort_keys=True, indent=1).encode()
 
 
+_SUMMARY_FLOATS = {name for name, spec in Summary.__dataclass_fields__.items() if isinstance(spec.default, float)}
+
+
+def _summary_from_json(value: object) -> Summary:
+    """Known counts only (a newer writer may add some); informative, so any count in int64 goes."""
+    document = fields.mapping(value, "summary")
+    counts: dict[str, Any] = {}
+    for key in Summary.__dataclass_fields__:
+        if key in document:
+            what = f"summary.{key}"
+            if key in _SUMMARY_FLOATS:
+                counts[key] = fields.number(document[key], what, 0, fields.INT64_MAX)
+            else:
+                counts[key] = fields.integer(document[key], what, -fields.INT64_MAX, fields.INT64_MAX)
+    return Summary(**counts)
+
+
 def decode_snapshot(snapshot_id: str, data: bytes) -> Snapshot:
+    """A snapshot document, every field checked; IntegrityError naming the snapshot otherwise."""
     try:
-        document = json.loads(data)
-        if document.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"unknown snapshot version {document.get('version')!r}")
-        summary_fields = set(Summary.__dataclass_fields__)
-        summary = Summary(**{k: v for k, v in document.get("summary", {}).items() if k in summary_fields})
+        document = fields.mapping(fields.load_json(data), "snapshot")
+        fields.version(document, SNAPSHOT_VERSION, "snapshot")
+        parent = document.get("parent")
+        sources = fields.array(document["sources"], "sources")
         return Snapshot(
             id=snapshot_id,
-            time=datetime.fromisoformat(document["time"].replace("Z", "+00:00")),
-            host=str(document["host"]),
-            sources=tuple(document["sources"]),
-            tree=str(document["tree"]),
-            parent=document.get("parent"),
-            summary=summary,
+            time=fields.utc_time(document["time"], "time"),
+            host=fields.text(document["host"], "host"),
+            sources=tuple(fields.path_text(source, "sources") for source in sources),
+            tree=fields.hex_id(document["tree"], "tree"),
+            parent=None if parent is None else fields.snapshot_id(parent, "parent"),
+            summary=_summary_from_json(document.get("summary", {})),
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise IntegrityError(f"snapshot {snapshot_id} cannot be read: {error}") from error
+    except (ValueError, KeyError) as error:
+        raise IntegrityError(f"snapshot {snapshot_id} cannot be read: {fields.reason(error)}") from error

@@ -123,8 +123,12 @@ def test_repository_never_imports_actions_or_cli():
 
 
 @pytest.mark.parametrize("name", ["watcher.snapshot", "watcher.pack"])
-def test_pure_codecs_import_only_errors(name):
-    assert ours(name) <= {"watcher.errors"}
+def test_pure_codecs_import_only_errors_and_fields(name):
+    assert ours(name) <= {"watcher.errors", "watcher.fields"}
+
+
+def test_fields_imports_nothing_of_ours():
+    assert ours("watcher.fields") == set()
 
 
 @pytest.mark.parametrize("name", sorted(name for name in MODULES if name not in ("watcher.cli", "watcher.__main__")))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from watcher.errors import IntegrityError, NotFoundError
 from watcher.pack import decode_blob, parse_header
 from watcher.repository import Repository
-from watcher.snapshot import decode_tree
+from watcher.snapshot import read_tree
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,11 @@ def _check_trees(repository: Repository, result: CheckResult) -> None:
             result.problems.append(f"{where}: tree {tree_id} is in no index")
             return
         try:
-            nodes = decode_tree(repository.read_blob(tree_id), tree_id)
+            nodes, bad = read_tree(repository.read_blob(tree_id), tree_id)
         except (IntegrityError, NotFoundError) as error:
             result.problems.append(f"{where}: {error}")
             return
+        result.problems.extend(f"{where}: {entry.message}" for entry in bad)
         for node in nodes:
             path = f"{where.rstrip('/')}/{node.name}"
             if node.kind == "dir":

@@ -29,6 +29,8 @@ PACK_CACHE_BYTES = 96 * 1024 * 1024
 PREFETCH_PACKS = 2
 WHOLE_PACK_FRACTION = 0.25
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NAME_MAX = 255  # bytes in one file name (Linux, and the common file systems of other systems)
+TEMP_SUFFIX = ".watcher-restore-"
 
 
 class RestoreTargetError(WatcherError):
@@ -78,12 +80,26 @@ class _Selection:
         return ["/" + "/".join(parts) for parts in self.wanted if parts not in self.found]
 
 
-def _plan(repository: Repository, tree_id: str, selection: _Selection) -> list[tuple[tuple[str, ...], Node]]:
-    """Every selected entry in depth-first order, folders before what they hold."""
+def _plan(repository: Repository, tree_id: str, selection: _Selection,
+          problems: list[str]) -> list[tuple[tuple[str, ...], Node]]:
+    """Every selected entry in depth-first order, folders before what they hold.
+
+    An entry or a folder's tree that cannot be read adds a line to `problems`, and the rest goes on.
+    """
     entries: list[tuple[tuple[str, ...], Node]] = []
 
     def walk(tree: str, prefix: tuple[str, ...]) -> None:
-        for node in repository.load_tree(tree):
+        where = "/" + "/".join(prefix)
+        try:
+            nodes, bad = repository.load_readable_tree(tree)
+        except (IntegrityError, NotFoundError) as error:
+            if not prefix:
+                raise  # not even the root: nothing to restore
+            problems.append(f"{where}: {error}")
+            return
+        problems.extend(f"{where}: {entry.message}" for entry in bad
+                        if entry.name is None or selection.includes((*prefix, entry.name)))
+        for node in nodes:
             parts = (*prefix, node.name)
             if not selection.includes(parts):
                 continue
@@ -232,6 +248,26 @@ def _apply_metadata(fd: int, node: Node) -> None:
     os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
 
 
+def restore_temp_name(name: str) -> str:
+    """`.<name>.watcher-restore-<random>`, within NAME_MAX bytes whatever the name.
+
+    NAME_MAX counts bytes, and a character may take up to 4 of them: the name is shortened by
+    whole characters (a surrogate escape is one byte) until its bytes fit, never leaving the
+    first bytes of a character behind.
+    """
+    token = secrets.token_hex(4)
+    budget = NAME_MAX - len(".") - len(TEMP_SUFFIX) - len(token)
+    if len(os.fsencode(name)) <= budget:
+        return f".{name}{TEMP_SUFFIX}{token}"
+    kept, size = 0, 0
+    for character in name:
+        size += len(os.fsencode(character))
+        if size > budget:
+            break
+        kept += 1
+    return f".{name[:kept]}{TEMP_SUFFIX}{token}"
+
+
 class _Restorer:
     def __init__(self, repository: Repository, root: Path, progress: RestoreProgress) -> None:
         self.repository = repository
@@ -240,7 +276,7 @@ class _Restorer:
         self.result = RestoreResult()
 
     def restore_file(self, parent: int, node: Node, source: _BlobSource) -> None:
-        temp = f".{node.name[:200]}.watcher-restore-{secrets.token_hex(4)}"
+        temp = restore_temp_name(node.name)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
         try:
             written = 0
@@ -289,7 +325,8 @@ def run_restore(
 ) -> RestoreResult:
     """Restore `snapshot` (all of it, or `paths`) under `target`; per-entry errors are collected."""
     selection = _Selection(paths or [])
-    plan = _plan(repository, snapshot.tree, selection)
+    unreadable: list[str] = []
+    plan = _plan(repository, snapshot.tree, selection, unreadable)
     missing = selection.missing()
     if missing:
         raise SnapshotNotFoundError(f"not in snapshot {snapshot.id}: {', '.join(missing)}")
@@ -305,6 +342,9 @@ def run_restore(
     progress.start(total)
     source = _BlobSource(repository, needed, list(needed))
     restorer = _Restorer(repository, target, progress)
+    for problem in unreadable:
+        restorer.result.errors.append(problem)
+        log.error("cannot restore %s", problem)
     try:
         for parts, node in plan:
             where = "/" + "/".join(parts)
