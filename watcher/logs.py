@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -40,13 +40,28 @@ class RedactingFilter(logging.Filter):
 
 
 class UtcFormatter(logging.Formatter):
+    """One line per record; `clean` (the CLI gives `text.printable`) rewrites the message only, per
+    handler, so that a name with a newline or a terminal escape cannot forge a line on a terminal."""
+
     converter = time.gmtime
 
-    def __init__(self) -> None:
+    def __init__(self, clean: Callable[[str], str] | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        self.clean = clean
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if self.clean is None:
+            return super().formatMessage(record)
+        message = record.message
+        record.message = self.clean(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
 
 
-def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None = None) -> RedactingFilter:
+def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None = None,
+                  clean: Callable[[str], str] | None = None) -> RedactingFilter:
     """Log to stderr (stdout stays for command output) or `stream`, redacting `secrets`."""
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -54,7 +69,7 @@ def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._watcher_console = True  # type: ignore[attr-defined]
-    handler.setFormatter(UtcFormatter())
+    handler.setFormatter(UtcFormatter(clean))
     redactor = RedactingFilter(secrets)
     handler.addFilter(redactor)
     handler.setLevel(level)
