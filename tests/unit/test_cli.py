@@ -512,6 +512,13 @@ def test_doctor(backed_up):
     assert "configuration" in names and "target" in names
 
 
+@pytest.mark.parametrize("pattern", ["!", "[z-a]"])
+def test_doctor_agrees_that_a_pattern_pathspec_refuses_is_invalid(run, pattern):
+    code, out, err = run("doctor", env={**run.env, "BACKUP_EXCLUDE": f"*.tmp,{pattern}"})
+    assert code == 2 and out == ""
+    assert error_lines(err) == [f"error: BACKUP_EXCLUDE: {pattern!r} is not a valid gitignore-style pattern"]
+
+
 def test_doctor_before_the_first_backup(run):
     out = run.ok("doctor")
     assert "target" in out
