@@ -21,9 +21,9 @@ from watcher.actions.listing import diff_snapshots, list_entries, snapshot_as_js
 from watcher.actions.prune import run_forget
 from watcher.actions.restore import run_restore
 from watcher.config import Settings, load_settings, read_environment
-from watcher.errors import ConfigError, ExitCode, WatcherError
+from watcher.errors import ConfigError, ExitCode, UnexpectedError, WatcherError
 from watcher.locks import locked
-from watcher.logs import redact, setup_console
+from watcher.logs import log_traceback, redact, setup_console
 from watcher.notify import check_mail_server, utc_now
 from watcher.repository import Repository
 from watcher.runs import attempt_backup, describe_result, finish_run, open_repository, start_run_log
@@ -93,6 +93,9 @@ class Context:
             self.repository.close()
 
 
+NO_RETRY = "watcher backup does not retry by itself: run it again once the cause is fixed"
+
+
 def cmd_backup(context: Context, args: argparse.Namespace) -> int:
     from watcher import progress
 
@@ -104,9 +107,13 @@ def cmd_backup(context: Context, args: argparse.Namespace) -> int:
         try:
             result = attempt_backup(settings, progress=bar)
         except WatcherError as error:
-            finish_run(settings, run_log, started, None, error,
-                       "watcher backup does not retry by itself: run it again once the cause is fixed")
+            finish_run(settings, run_log, started, None, error, NO_RETRY)
             raise
+        except Exception as caught:  # a bug or a fault nobody foresaw: reported like any failure
+            log_traceback(log, caught)
+            error = UnexpectedError.wrap(caught)
+            finish_run(settings, run_log, started, None, error, NO_RETRY)
+            raise error from caught
         finally:
             if bar is not None:
                 bar.close()
@@ -300,6 +307,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         err("error: interrupted")
         return ExitCode.INTERRUPTED
+    except Exception as error:  # a bug: one line still, the traceback with -v
+        log.debug("traceback:", exc_info=True)
+        err(f"error: {UnexpectedError.wrap(error)} (a bug to report; -v shows its traceback)")
+        return ExitCode.FAILED
     finally:
         context.close()
 

@@ -39,6 +39,20 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+RUN_LOG_ONLY = {"watcher_run_log_only": True}  # `extra=` of a record the console leaves out
+
+
+def log_traceback(logger: logging.Logger, error: BaseException) -> None:
+    """The traceback of an unexpected error, for the run's log (and the mail): never on the console,
+    where the error is one line."""
+    logger.error("traceback of the unexpected %s (a bug to report):", type(error).__name__,
+                 exc_info=(type(error), error, error.__traceback__), extra=RUN_LOG_ONLY)
+
+
+def _not_run_log_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "watcher_run_log_only", False)
+
+
 class UtcFormatter(logging.Formatter):
     """One line per record; `clean` (the CLI gives `text.printable`) rewrites the message only, per
     handler, so that a name with a newline or a terminal escape cannot forge a line on a terminal."""
@@ -72,6 +86,7 @@ def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None
     handler.setFormatter(UtcFormatter(clean))
     redactor = RedactingFilter(secrets)
     handler.addFilter(redactor)
+    handler.addFilter(_not_run_log_only)
     handler.setLevel(level)
     root.addHandler(handler)
     root.setLevel(min(level, logging.INFO))  # run logs record INFO whatever the console shows

@@ -147,3 +147,44 @@ def test_excluded_paths_never_trigger_a_run(daemon, source):
     paths = snapshot_paths(process.env)
     assert f"{source}/real.txt" in paths and f"{source}/scratch.tmp" not in paths
     assert process.stop() == 0
+
+
+# The daemon with one exact fault at one exact instant: its second run's backup raises a RuntimeError,
+# an error no translation table knows (a bug, or a fault nobody foresaw).
+FAULT_IN_THE_SECOND_RUN = """
+import sys
+import watcher.daemon
+real = watcher.daemon.backup_into
+calls = []
+def backup_into(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        raise RuntimeError("injected fault in the second run")
+    return real(*args, **kwargs)
+watcher.daemon.backup_into = backup_into
+from watcher.cli import main
+sys.exit(main(["run"]))
+"""
+
+
+def test_an_unexpected_error_in_a_run_is_mailed_and_the_daemon_goes_on(source, tmp_path, smtp_server):
+    env = daemon_env(source, tmp_path, **smtp_server.environment(), BACKUP_RETRY_MAX_SECONDS="1")
+    process = DaemonProcess(env, tmp_path / "daemon.log", [sys.executable, "-c", FAULT_IN_THE_SECOND_RUN])
+    try:
+        process.start().wait_for_output("saved")
+        (source / "after-the-fault.txt").write_text("must be in the next snapshot")
+        process.wait_for_output("injected fault in the second run", timeout=30)
+        wait_until(lambda: f"{source}/after-the-fault.txt" in snapshot_paths(env), 30, "the change in a snapshot")
+        assert process.process is not None and process.process.poll() is None, process.output()
+        assert process.stop() == 0
+    finally:
+        process.kill()
+    output = process.output()
+    assert "Traceback" not in output  # one line on the console; the traceback is in the run's log
+    assert "backup failed: unexpected RuntimeError: injected fault in the second run" in output
+    failure, recovery = smtp_server.messages()  # MAIL_ON=failure: the failure, then the recovery
+    assert "Error Backup" in failure["Subject"] and "Success Backup" in recovery["Subject"]
+    body = failure.get_body(("plain",)).get_content()
+    assert "Cause: unexpected RuntimeError: injected fault in the second run" in body
+    attached = next(failure.iter_attachments()).get_content()
+    assert "Traceback (most recent call last)" in attached and ", in backup_into" in attached

@@ -141,3 +141,37 @@ def test_no_secret_in_any_log_mail_or_output(setup, smtp_server, tmp_path, capsy
         for secret in (SMTP_PASSWORD, TARGET_PASSWORD, url_password):
             assert secret not in text
     assert os.environ.get("SMTP_PASSWORD") is None
+
+
+def test_an_unexpected_error_in_backup_is_one_line_exit_1_and_a_mail(setup, smtp_server, capsys, monkeypatch):
+    env, _ = setup
+    from watcher import cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"injected fault\nover two lines, holding {SMTP_PASSWORD}")
+
+    monkeypatch.setattr(cli, "attempt_backup", broken)
+    assert main(["backup"], env) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    [line] = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert line == "error: unexpected RuntimeError: injected fault over two lines, holding ***"
+    [message] = smtp_server.messages()
+    assert "Error Backup" in message["Subject"]
+    assert "Cause: unexpected RuntimeError: injected fault" in message.get_body(("plain",)).get_content()
+    attached = next(message.iter_attachments()).get_content()
+    assert "Traceback (most recent call last)" in attached and "raise RuntimeError" in attached
+    assert SMTP_PASSWORD not in attached + captured.err + captured.out
+
+
+def test_an_unexpected_error_in_another_command_is_one_line_exit_1(setup, capsys, monkeypatch):
+    env, _ = setup
+    from watcher import cli
+
+    assert main(["backup"], env) == 0
+    monkeypatch.setattr(cli, "list_entries", lambda *args: iter([None]))  # `None.as_line()`: AttributeError
+    capsys.readouterr()
+    assert main(["ls", "latest"], env) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.err.startswith("error: unexpected AttributeError: ")
+    assert len(captured.err.splitlines()) == 1
