@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -37,6 +36,7 @@ from watcher.errors import (
 from watcher.health import HealthFile
 from watcher.logs import RunLog, log_traceback
 from watcher.notify import utc_now
+from watcher.private import StateFile
 from watcher.repository import Repository
 from watcher.runs import backup_into, finish_run, never_back_up, open_repository, start_run_log
 from watcher.scan import Excluder
@@ -59,20 +59,15 @@ class PendingStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.file = StateFile(path, "pending changes")
         self.saved: tuple[bool, frozenset[str]] | None = None
 
     def save(self, batch: Batch) -> None:
         key = (batch.full, frozenset(batch.paths))
         if key == self.saved:
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({"full": batch.full, "paths": sorted(batch.paths)}))
-            os.replace(temporary, self.path)
+        if self.file.write(json.dumps({"full": batch.full, "paths": sorted(batch.paths)}).encode()):
             self.saved = key
-        except OSError as error:
-            log.warning("cannot save pending changes in %s: %s", self.path, error.strerror or error)
 
     def load(self) -> Batch:
         try:

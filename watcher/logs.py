@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
+
+from watcher.private import create_file, make_folders
 
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/:@\s]*:)[^@/\s]+@", re.IGNORECASE)
 REDACTED = "***"
@@ -95,6 +99,36 @@ def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None
     return redactor
 
 
+class _RunLogHandler(logging.FileHandler):
+    """A run's log on a full or broken state folder is lost, never the run: the first failure to
+    write it is said once (on the console), then the handler drops what comes."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            error = sys.exc_info()[1]
+            reason = getattr(error, "strerror", None) or error
+            logging.getLogger(__name__).warning("the run's log %s cannot be written: %s", self.baseFilename, reason)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            super().close()
+
+
+def _created(path: Path) -> bool:
+    try:
+        os.close(create_file(path))
+    except FileExistsError:
+        return False
+    return True
+
+
 class RunLog:
     """The log of one run, in `<state>/logs/<UTC time>.log`: the mail's attachment.
 
@@ -112,13 +146,13 @@ class RunLog:
 
     def __enter__(self) -> RunLog:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_folders(self.folder)
             path = self.folder / f"{self.name}.log"
             counter = 1
-            while path.exists():
+            while not _created(path):
                 path = self.folder / f"{self.name}-{counter}.log"
                 counter += 1
-            handler = logging.FileHandler(path, encoding="utf-8")
+            handler = _RunLogHandler(path, encoding="utf-8")  # appends to the 0600 file made above
         except OSError as error:
             logging.getLogger(__name__).warning("no run log in %s: %s", self.folder, error.strerror or error)
             return self

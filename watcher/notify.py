@@ -27,6 +27,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from watcher.config import Settings
 from watcher.errors import NotifyError, PermanentError, TransientError, UnexpectedError
 from watcher.logs import log_traceback, redact
+from watcher.private import StateFile
 from watcher.snapshot import Summary
 from watcher.text import format_size
 
@@ -149,6 +150,7 @@ class MailState:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "mail.json"
+        self.file = StateFile(self.path, "mail state")
 
     def previous_clean(self) -> bool | None:
         try:
@@ -157,11 +159,7 @@ class MailState:
             return None
 
     def record(self, clean: bool) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"clean": clean}))
-        except OSError as error:
-            log.warning("cannot record the mail state in %s: %s", self.path, error.strerror or error)
+        self.file.write(json.dumps({"clean": clean}).encode())
 
 
 class SmtpTemporaryError(NotifyError, TransientError):

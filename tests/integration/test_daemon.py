@@ -188,3 +188,26 @@ def test_an_unexpected_error_in_a_run_is_mailed_and_the_daemon_goes_on(source, t
     assert "Cause: unexpected RuntimeError: injected fault in the second run" in body
     attached = next(failure.iter_attachments()).get_content()
     assert "Traceback (most recent call last)" in attached and ", in backup_into" in attached
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) and a mount namespace")
+def test_a_full_state_folder_costs_the_state_never_the_daemon(source, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    env = daemon_env(source, tmp_path)
+    # The daemon's own mount namespace: its state folder is a 1 MiB tmpfs, filled up before it starts.
+    script = ('mount -t tmpfs -o size=1m watcher-full "$BACKUP_STATE_DIR" || exit 97; '
+              'head -c 2M /dev/zero > "$BACKUP_STATE_DIR/filler" 2>/dev/null; exec "$0" -m watcher run')
+    process = DaemonProcess(env, tmp_path / "daemon.log", ["unshare", "-m", "sh", "-c", script, sys.executable])
+    try:
+        process.start()
+        wait_until(lambda: "saved" in process.output() or process.process.poll() is not None, 60, "a first run")
+        assert process.process.poll() is None, process.output()
+        (source / "while-full.txt").write_text("backed up although the state folder is full")
+        wait_until(lambda: f"{source}/while-full.txt" in snapshot_paths(env), 30, "the change in a snapshot")
+        assert process.stop() == 0
+    finally:
+        process.kill()
+    output = process.output()
+    assert "Traceback" not in output and "Logging error" not in output
+    assert "No space left on device" in output or "full" in output
