@@ -22,8 +22,6 @@ def _escape(char: str) -> str:
         return f"\\x{code:02x}"
     if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, kept by `surrogateescape`
         return f"\\x{code - 0xDC00:02x}"
-    if char.isprintable():
-        return char
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
