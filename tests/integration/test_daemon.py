@@ -147,4 +147,3 @@ def test_excluded_paths_never_trigger_a_run(daemon, source):
     paths = snapshot_paths(process.env)
     assert f"{source}/real.txt" in paths and f"{source}/scratch.tmp" not in paths
     assert process.stop() == 0
-
