@@ -29,7 +29,7 @@ from watcher.errors import NotifyError, PermanentError, TransientError, Unexpect
 from watcher.logs import log_traceback, redact
 from watcher.private import StateFile
 from watcher.snapshot import Summary
-from watcher.text import format_size
+from watcher.text import format_size, printable
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def body(report: RunReport) -> str:
         lines.append(f"Backup succeeded on {report.host}: nothing changed since snapshot {report.parent_id}.")
     else:
         lines.append(f"Backup FAILED on {report.host}.")
-        lines.append(f"Cause: {report.error}")
+        lines.append(f"Cause: {printable(report.error or '')}")
     if report.next_step:
         lines.append(f"Next: {report.next_step}")
     lines.append("")
@@ -93,7 +93,7 @@ def body(report: RunReport) -> str:
     if report.warnings:
         lines.append("")
         lines.append(f"{len(report.warnings)} files or folders could not be read:")
-        lines.extend(f"  {warning}" for warning in report.warnings[:20])
+        lines.extend(f"  {printable(warning)}" for warning in report.warnings[:20])
         if len(report.warnings) > 20:
             lines.append(f"  ... and {len(report.warnings) - 20} more (see the attached log)")
     lines.append("")
