@@ -283,7 +283,7 @@ def _parse_host(parser: _Parser) -> str:
 
 
 def _parse_exclude(parser: _Parser) -> tuple[str, ...]:
-    """Compile each pattern now: one pathspec refuses in the middle of a run would stop every run."""
+    """Compile each pattern now: a pattern pathspec refuses would otherwise stop every run."""
     patterns = parser.items("BACKUP_EXCLUDE")
     for pattern in patterns:
         try:
