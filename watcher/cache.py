@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from watcher.private import ensure_file, make_folders
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -83,7 +85,8 @@ class LocalCache:
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(path.parent)
+            ensure_file(path)  # 0600: SQLite gives its -wal and -shm files the same mode
             self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False,
                                       isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")

@@ -21,13 +21,13 @@ from watcher.actions.listing import diff_snapshots, list_entries, snapshot_as_js
 from watcher.actions.prune import run_forget
 from watcher.actions.restore import run_restore
 from watcher.config import Settings, load_settings, read_environment
-from watcher.errors import ConfigError, ExitCode, WatcherError
+from watcher.errors import ConfigError, ExitCode, UnexpectedError, WatcherError
 from watcher.locks import locked
-from watcher.logs import redact, setup_console
+from watcher.logs import log_traceback, redact, setup_console
 from watcher.notify import check_mail_server, utc_now
 from watcher.repository import Repository
 from watcher.runs import attempt_backup, describe_result, finish_run, open_repository, start_run_log
-from watcher.text import format_size
+from watcher.text import format_size, printable
 
 log = logging.getLogger("watcher")
 
@@ -93,6 +93,9 @@ class Context:
             self.repository.close()
 
 
+NO_RETRY = "watcher backup does not retry by itself: run it again once the cause is fixed"
+
+
 def cmd_backup(context: Context, args: argparse.Namespace) -> int:
     from watcher import progress
 
@@ -104,9 +107,13 @@ def cmd_backup(context: Context, args: argparse.Namespace) -> int:
         try:
             result = attempt_backup(settings, progress=bar)
         except WatcherError as error:
-            finish_run(settings, run_log, started, None, error,
-                       "watcher backup does not retry by itself: run it again once the cause is fixed")
+            finish_run(settings, run_log, started, None, error, NO_RETRY)
             raise
+        except Exception as caught:  # a bug or a fault nobody foresaw: reported like any failure
+            log_traceback(log, caught)
+            error = UnexpectedError.wrap(caught)
+            finish_run(settings, run_log, started, None, error, NO_RETRY)
+            raise error from caught
         finally:
             if bar is not None:
                 bar.close()
@@ -127,7 +134,8 @@ def cmd_snapshots(context: Context, args: argparse.Namespace) -> int:
     context.out(f"{'ID':<25} {'TIME (UTC)':<20} {'HOST':<16} {'FILES':>8} {'SIZE':>11} {'ADDED':>11}")
     for snapshot in snapshots:
         summary = snapshot.summary
-        context.out(f"{snapshot.id:<25} {snapshot.time_text:<20} {snapshot.host[:16]:<16} {summary.files:>8} "
+        host = printable(snapshot.host[:16])
+        context.out(f"{snapshot.id:<25} {snapshot.time_text:<20} {host:<16} {summary.files:>8} "
                     f"{format_size(summary.bytes):>11} {format_size(summary.bytes_added):>11}")
     more = f"; {len(repository.unreadable)} more cannot be read" if repository.unreadable else ""
     context.out(f"{len(snapshots)} snapshots{more}")
@@ -152,7 +160,7 @@ def cmd_diff(context: Context, args: argparse.Namespace) -> int:
     difference = diff_snapshots(repository, first, second)
     for mark, paths in (("+", difference.added), ("-", difference.removed), ("M", difference.changed)):
         for path in sorted(paths):
-            context.out(f"{mark} {path}")
+            context.out(f"{mark} {printable(path)}")
     context.out(f"{len(difference.added)} added, {len(difference.removed)} removed, "
                 f"{len(difference.changed)} changed")
     return ExitCode.OK
@@ -169,11 +177,11 @@ def cmd_restore(context: Context, args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    context.out(f"restored snapshot {snapshot.id} into {args.to}: {result.files} files, {result.dirs} folders, "
-                f"{result.symlinks} links, {format_size(result.bytes)} (every byte verified)")
+    context.out(f"restored snapshot {snapshot.id} into {printable(str(args.to))}: {result.files} files, "
+                f"{result.dirs} folders, {result.symlinks} links, {format_size(result.bytes)} (every byte verified)")
     if result.errors:
         for error in result.errors:
-            context.out(f"failed: {error}")
+            context.out(f"failed: {printable(error)}")
         context.out(f"{len(result.errors)} entries could not be restored")
         return ExitCode.FAILED
     return ExitCode.OK
@@ -192,7 +200,7 @@ def cmd_check(context: Context, args: argparse.Namespace) -> int:
         context.out(f"repository sound: {detail}")
         return ExitCode.OK
     for problem in result.problems:
-        context.out(f"damaged: {problem}")
+        context.out(f"damaged: {printable(problem)}")
     context.out(f"repository damaged: {len(result.problems)} problems ({detail})")
     return ExitCode.FAILED
 
@@ -234,7 +242,7 @@ def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
         verdicts.append(Verdict(None, "mail server", "not configured (SMTP_HOST unset): no report mails"))
     for verdict in verdicts:
         mark = {True: "ok  ", False: "FAIL", None: "--  "}[verdict.ok]
-        context.out(f"{mark} {verdict.name}: {verdict.detail}")
+        context.out(f"{mark} {verdict.name}: {printable(verdict.detail)}")
     return ExitCode.OK if all(verdict.ok is not False for verdict in verdicts) else ExitCode.FAILED
 
 
@@ -248,7 +256,7 @@ def cmd_health(context: Context, args: argparse.Namespace) -> int:
     from watcher.health import verdict
 
     healthy, reason = verdict(context.settings.state_dir, context.settings.health_max_age_seconds)
-    context.out(reason)
+    context.out(printable(reason))
     return ExitCode.OK if healthy else ExitCode.FAILED
 
 
@@ -279,7 +287,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     secrets: list[str] = []
 
     def err(message: str) -> None:
-        print(redact(message, secrets), file=sys.stderr)
+        print(printable(redact(message, secrets)), file=sys.stderr)
 
     def out(message: str) -> None:
         print(redact(message, secrets), flush=True)
@@ -294,9 +302,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return ExitCode.CONFIG
     secrets.extend(settings.secrets())
     if args.command == "run":  # the daemon's log is its output: stdout, as `docker logs` shows it
-        setup_console(logging.DEBUG if args.verbose else logging.INFO, secrets, sys.stdout)
+        setup_console(logging.DEBUG if args.verbose else logging.INFO, secrets, sys.stdout, printable)
     else:
-        setup_console(logging.DEBUG if args.verbose else logging.WARNING, secrets)
+        setup_console(logging.DEBUG if args.verbose else logging.WARNING, secrets, clean=printable)
     context = Context(settings, out)
     try:
         return command(context, args)
@@ -306,6 +314,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         err("error: interrupted")
         return ExitCode.INTERRUPTED
+    except Exception as error:  # a bug: one line still, the traceback with -v
+        log.debug("traceback:", exc_info=True)
+        err(f"error: {UnexpectedError.wrap(error)} (a bug to report; -v shows its traceback)")
+        return ExitCode.FAILED
     finally:
         context.close()
 

@@ -8,12 +8,15 @@ Secrets never appear in `repr()`.
 from __future__ import annotations
 
 import os
+import re
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import pathspec
 from dotenv import dotenv_values
 
 from watcher.errors import ConfigError
@@ -28,6 +31,9 @@ KEEP_VARIABLES = {  # Retention field -> variable, spelled out so that each name
     "monthly": "BACKUP_KEEP_MONTHLY",
     "yearly": "BACKUP_KEEP_YEARLY",
 }
+MAX_SECONDS = 366 * 24 * 3600  # a year: every duration variable; more overflows waits and dates
+MAX_RETRIES = 1000
+MAX_KEEP = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,9 @@ class _Parser:
             self.fail(file_name, f"cannot read {path}: {getattr(error, 'strerror', None) or error}")
             return None
 
-    def number(self, name: str, default: float, *, integer: bool = False, minimum: float = 0) -> float:
+    def number(self, name: str, default: float, *, integer: bool = False, minimum: float = 0,
+               maximum: float = MAX_SECONDS) -> float:
+        """A finite number in [minimum, maximum]: a huge value overflows the clocks and waits it feeds."""
         raw = self.text(name)
         if raw is None:
             return default
@@ -156,8 +164,8 @@ class _Parser:
             kind = "a whole number" if integer else "a number"
             self.fail(name, f"{raw!r} is not {kind}")
             return default
-        if value < minimum or value != value or value in (float("inf"), float("-inf")):
-            self.fail(name, f"{raw!r} must be at least {minimum:g}")
+        if not minimum <= value <= maximum:  # also false for nan
+            self.fail(name, f"{raw!r} must be between {minimum:g} and {maximum:.0f}")
             return default
         return value
 
@@ -252,7 +260,9 @@ def _parse_sources(parser: _Parser, required: bool) -> tuple[Path, ...]:
     sources: list[Path] = []
     for item in items:
         path = Path(item)
-        if not path.is_absolute():
+        if not item.isprintable():
+            parser.fail(name, f"{item!r} contains a control character (it goes into mail headers)")
+        elif not path.is_absolute():
             parser.fail(name, f"{item} is not an absolute path")
         elif required and not path.is_dir():
             parser.fail(name, f"{item} is not an existing folder")
@@ -263,6 +273,43 @@ def _parse_sources(parser: _Parser, required: bool) -> tuple[Path, ...]:
             if one != other and one.is_relative_to(other):
                 parser.fail(name, f"{one} is inside {other}; list each folder once")
     return tuple(dict.fromkeys(sources))
+
+
+def _parse_host(parser: _Parser) -> str:
+    host = parser.text("BACKUP_HOST") or socket.gethostname()
+    if not host.isprintable():
+        parser.fail("BACKUP_HOST", f"{host!r} contains a control character (it goes into mail headers)")
+    return host
+
+
+def _parse_exclude(parser: _Parser) -> tuple[str, ...]:
+    """Compile each pattern now: a pattern pathspec refuses would otherwise stop every run."""
+    patterns = parser.items("BACKUP_EXCLUDE")
+    for pattern in patterns:
+        try:
+            pathspec.GitIgnoreSpec.from_lines([pattern])
+        except (ValueError, re.error):  # GitIgnorePatternError is a ValueError
+            parser.fail("BACKUP_EXCLUDE", f"{pattern!r} is not a valid gitignore-style pattern")
+    return patterns
+
+
+def _check_state_dir(parser: _Parser, path: Path) -> None:
+    """The state folder exists or can be created, is a folder, and takes files (a probe, since
+    permissions alone lie to root and about read-only mounts). Nothing is left behind."""
+    name = "BACKUP_STATE_DIR"
+    existing = path
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is not a folder" if existing == path else f"cannot be created: {existing} is not a folder"
+        parser.fail(name, f"{path} {what}")
+        return
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".watcher-probe-"):
+            pass
+    except OSError as error:
+        what = "is not writable" if existing == path else f"cannot be created in {existing}"
+        parser.fail(name, f"{path} {what}: {error.strerror or error}")
 
 
 def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_target: bool = True) -> Settings:
@@ -280,7 +327,8 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
         target = Target(target.scheme, target.path, target.host, target.port, target.user, password)
     retention = Retention(
         **{
-            field_name: None if parser.text(variable) is None else int(parser.number(variable, 0, integer=True))
+            field_name: None if parser.text(variable) is None
+            else int(parser.number(variable, 0, integer=True, maximum=MAX_KEEP))
             for field_name, variable in KEEP_VARIABLES.items()
         }
     )
@@ -302,7 +350,7 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
     settings = Settings(
         target=target,
         sources=_parse_sources(parser, need_sources),
-        exclude=parser.items("BACKUP_EXCLUDE"),
+        exclude=_parse_exclude(parser),
         ssh_key=parser.readable_file("BACKUP_SSH_KEY"),
         ssh_known_hosts=Path(known_hosts or "~/.ssh/known_hosts").expanduser(),
         ssh_host_key=parser.choice("BACKUP_SSH_HOST_KEY", "strict", ("strict", "accept-new")),
@@ -312,14 +360,14 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
         max_delay_seconds=parser.number("BACKUP_MAX_DELAY_SECONDS", 60.0),
         rescan_seconds=parser.number("BACKUP_RESCAN_SECONDS", 3600.0),
         watch_mode=parser.choice("BACKUP_WATCH_MODE", "auto", ("auto", "events", "poll")),
-        retries=int(parser.number("BACKUP_RETRIES", 5, integer=True, minimum=1)),
+        retries=int(parser.number("BACKUP_RETRIES", 5, integer=True, minimum=1, maximum=MAX_RETRIES)),
         retry_max_seconds=parser.number("BACKUP_RETRY_MAX_SECONDS", 300.0),
         retention=retention,
         health_max_age_seconds=parser.number("BACKUP_HEALTH_MAX_AGE_SECONDS", 7200.0, minimum=1),
-        host=parser.text("BACKUP_HOST") or socket.gethostname(),
+        host=_parse_host(parser),
         state_dir=Path(state_dir).expanduser() if state_dir else _default_state_dir(env),
         smtp_host=smtp_host,
-        smtp_port=int(parser.number("SMTP_PORT", 587, integer=True, minimum=1)),
+        smtp_port=int(parser.number("SMTP_PORT", 587, integer=True, minimum=1, maximum=65535)),
         smtp_security=parser.choice("SMTP_SECURITY", "starttls", ("starttls", "tls", "none")),
         smtp_tls_ca_file=parser.readable_file("SMTP_TLS_CA_FILE"),
         smtp_user=smtp_user,
@@ -328,10 +376,10 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
         mail_to=mail_to,
         mail_on=parser.choice("MAIL_ON", "failure", ("failure", "always", "never")),
     )
-    if settings.smtp_port > 65535:
-        parser.fail("SMTP_PORT", f"{settings.smtp_port} is not a port number")
     if state_dir and not Path(state_dir).expanduser().is_absolute():
         parser.fail("BACKUP_STATE_DIR", f"{state_dir} is not an absolute path")
+    elif need_sources:  # the commands that write the state folder: backup, run, doctor
+        _check_state_dir(parser, settings.state_dir)
     if settings.max_delay_seconds < settings.debounce_seconds:
         parser.fail("BACKUP_MAX_DELAY_SECONDS", "must be at least BACKUP_DEBOUNCE_SECONDS")
     if parser.problems:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -26,9 +25,18 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from watcher.actions.backup import BackupResult
 from watcher.config import Settings
-from watcher.errors import BackendError, InterruptedRunError, PermanentError, TransientError, WatcherError
+from watcher.errors import (
+    BackendError,
+    InterruptedRunError,
+    PermanentError,
+    TransientError,
+    UnexpectedError,
+    WatcherError,
+)
 from watcher.health import HealthFile
+from watcher.logs import RunLog, log_traceback
 from watcher.notify import utc_now
+from watcher.private import StateFile
 from watcher.repository import Repository
 from watcher.runs import backup_into, finish_run, never_back_up, open_repository, start_run_log
 from watcher.scan import Excluder
@@ -51,20 +59,15 @@ class PendingStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.file = StateFile(path, "pending changes")
         self.saved: tuple[bool, frozenset[str]] | None = None
 
     def save(self, batch: Batch) -> None:
         key = (batch.full, frozenset(batch.paths))
         if key == self.saved:
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({"full": batch.full, "paths": sorted(batch.paths)}))
-            os.replace(temporary, self.path)
+        if self.file.write(json.dumps({"full": batch.full, "paths": sorted(batch.paths)}).encode()):
             self.saved = key
-        except OSError as error:
-            log.warning("cannot save pending changes in %s: %s", self.path, error.strerror or error)
 
     def load(self) -> Batch:
         try:
@@ -186,33 +189,45 @@ class Daemon:
                     self.settings.retries, state.upcoming_sleep)
 
     def run_series(self, batch: Batch) -> None:
-        """Back up `batch` (retrying), then report; on failure keep it for the next try."""
+        """Back up `batch` (retrying), then report; on failure keep it for the next try.
+
+        An error that is not ours (a bug, a fault nobody foresaw) fails this run like any other:
+        one line on the console, its traceback in the run's log and the mail, the changes kept
+        pending, another try at the capped interval. It never ends the daemon.
+        """
         self.pending.save(self._all_pending_with(batch))
         with start_run_log(self.settings) as run_log:
             started = utc_now()
-            kind = "full scan" if batch.full else f"{len(batch.paths)} changed paths"
-            log.info("run started (%s; %s)", kind, ", ".join(dict.fromkeys(batch.reasons)) or "changes")
-            retrying = Retrying(
-                retry=retry_if_exception(worth_retrying),
-                stop=stop_after_attempt(self.settings.retries),
-                wait=wait_exponential_jitter(multiplier=2, max=self.settings.retry_max_seconds, jitter=2),
-                sleep=self._interruptible_sleep,
-                before_sleep=self._before_retry,
-                reraise=True,
-            )
-            began = self.clock()
             try:
-                result = retrying(self._attempt, batch)
-            except InterruptedRunError:
-                self.failed.merge(batch)
-                log.info("run interrupted: its changes stay pending")
-                return
-            except WatcherError as error:
-                self._failed(batch, error, run_log, started)
-                return
-            finally:
-                self.last_run_end = self.clock()
-            self._succeeded(batch, result, run_log, started, self.last_run_end - began)
+                self._run_series(batch, run_log, started)
+            except Exception as error:  # the one place that keeps the daemon alive
+                log_traceback(log, error)
+                self._failed(batch, UnexpectedError.wrap(error), run_log, started)
+
+    def _run_series(self, batch: Batch, run_log: RunLog, started: datetime) -> None:
+        kind = "full scan" if batch.full else f"{len(batch.paths)} changed paths"
+        log.info("run started (%s; %s)", kind, ", ".join(dict.fromkeys(batch.reasons)) or "changes")
+        retrying = Retrying(
+            retry=retry_if_exception(worth_retrying),
+            stop=stop_after_attempt(self.settings.retries),
+            wait=wait_exponential_jitter(multiplier=2, max=self.settings.retry_max_seconds, jitter=2),
+            sleep=self._interruptible_sleep,
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+        began = self.clock()
+        try:
+            result = retrying(self._attempt, batch)
+        except InterruptedRunError:
+            self.failed.merge(batch)
+            log.info("run interrupted: its changes stay pending")
+            return
+        except WatcherError as error:
+            self._failed(batch, error, run_log, started)
+            return
+        finally:
+            self.last_run_end = self.clock()
+        self._succeeded(batch, result, run_log, started, self.last_run_end - began)
 
     def _all_pending_with(self, batch: Batch) -> Batch:
         pending = self._all_pending()
@@ -236,7 +251,8 @@ class Daemon:
             self.repository.close()
             self.repository = None
 
-    def _succeeded(self, batch: Batch, result: BackupResult, run_log, started: datetime, elapsed: float) -> None:
+    def _succeeded(self, batch: Batch, result: BackupResult, run_log: RunLog, started: datetime,
+                   elapsed: float) -> None:
         self.retry_at = None
         self.outage_reported = False
         if result.full_scan and self.settings.rescan_seconds > 0:
@@ -245,7 +261,7 @@ class Daemon:
         finish_run(self.settings, run_log, started, result, None, None, elapsed)
         self.pending.save(self._all_pending())
 
-    def _failed(self, batch: Batch, error: WatcherError, run_log, started: datetime) -> None:
+    def _failed(self, batch: Batch, error: WatcherError, run_log: RunLog, started: datetime) -> None:
         self.failed.merge(batch)
         wait = self.settings.retry_max_seconds
         self.retry_at = self.clock() + wait
@@ -253,6 +269,8 @@ class Daemon:
         self.health.run_finished(False, str(error))
         self.pending.save(self._all_pending())
         kind = "may pass" if worth_retrying(error) else "needs a person to fix its cause"
+        if isinstance(error, UnexpectedError):
+            kind = "is unexpected (a bug to report: its traceback is in the run's log)"
         next_step = (f"the error {kind}; the daemon keeps watching and tries again at {when}, "
                      f"then every {wait:.0f} s; every change made meanwhile will be in the next snapshot")
         if self.outage_reported:

@@ -95,6 +95,16 @@ class NotifyError(WatcherError):
     """A report could not be mailed; never fails a backup."""
 
 
+class UnexpectedError(WatcherError):
+    """An error no translation table knows (a bug, or a fault nobody foresaw), wrapped so that a
+    run reports it and fails like any other; its traceback goes to the run's log only."""
+
+    @classmethod
+    def wrap(cls, error: BaseException) -> UnexpectedError:
+        detail = " ".join(str(error).split())  # one line, whatever the original holds
+        return cls(f"unexpected {type(error).__name__}: {detail}" if detail else f"unexpected {type(error).__name__}")
+
+
 class InterruptedRunError(WatcherError):
     """The run was asked to stop (signal) before it completed."""
 

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from watcher.private import StateFile
+
 
 @dataclass
 class HealthState:
@@ -33,14 +35,12 @@ def _now() -> datetime:
 class HealthFile:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "health.json"
+        self.file = StateFile(self.path, "health status")
         self.state: HealthState | None = None
 
     def _write(self) -> None:
         assert self.state is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(asdict(self.state), indent=1))
-        os.replace(temporary, self.path)
+        self.file.write(json.dumps(asdict(self.state), indent=1).encode())
 
     def started(self) -> None:
         previous = self.read()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
+
+from watcher.private import create_file, make_folders
 
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/:@\s]*:)[^@/\s]+@", re.IGNORECASE)
 REDACTED = "***"
@@ -39,14 +43,43 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+RUN_LOG_ONLY = {"watcher_run_log_only": True}  # `extra=` of a record the console leaves out
+
+
+def log_traceback(logger: logging.Logger, error: BaseException) -> None:
+    """The traceback of an unexpected error, for the run's log (and the mail): never on the console,
+    where the error is one line."""
+    logger.error("traceback of the unexpected %s (a bug to report):", type(error).__name__,
+                 exc_info=(type(error), error, error.__traceback__), extra=RUN_LOG_ONLY)
+
+
+def _not_run_log_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "watcher_run_log_only", False)
+
+
 class UtcFormatter(logging.Formatter):
+    """One line per record; `clean` (the CLI gives `text.printable`) rewrites the message only, per
+    handler, so that a name with a newline or a terminal escape cannot forge a line on a terminal."""
+
     converter = time.gmtime
 
-    def __init__(self) -> None:
+    def __init__(self, clean: Callable[[str], str] | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        self.clean = clean
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if self.clean is None:
+            return super().formatMessage(record)
+        message = record.message
+        record.message = self.clean(message)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
 
 
-def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None = None) -> RedactingFilter:
+def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None = None,
+                  clean: Callable[[str], str] | None = None) -> RedactingFilter:
     """Log to stderr (stdout stays for command output) or `stream`, redacting `secrets`."""
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -54,15 +87,46 @@ def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None
             root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._watcher_console = True  # type: ignore[attr-defined]
-    handler.setFormatter(UtcFormatter())
+    handler.setFormatter(UtcFormatter(clean))
     redactor = RedactingFilter(secrets)
     handler.addFilter(redactor)
+    handler.addFilter(_not_run_log_only)
     handler.setLevel(level)
     root.addHandler(handler)
     root.setLevel(min(level, logging.INFO))  # run logs record INFO whatever the console shows
     for noisy in ("paramiko", "watchdog"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     return redactor
+
+
+class _RunLogHandler(logging.FileHandler):
+    """A run's log on a full or broken state folder is lost, never the run: the first failure to
+    write it is said once (on the console), then the handler drops what comes."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            error = sys.exc_info()[1]
+            reason = getattr(error, "strerror", None) or error
+            logging.getLogger(__name__).warning("the run's log %s cannot be written: %s", self.baseFilename, reason)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            super().close()
+
+
+def _created(path: Path) -> bool:
+    try:
+        os.close(create_file(path))
+    except FileExistsError:
+        return False
+    return True
 
 
 class RunLog:
@@ -82,13 +146,13 @@ class RunLog:
 
     def __enter__(self) -> RunLog:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_folders(self.folder)
             path = self.folder / f"{self.name}.log"
             counter = 1
-            while path.exists():
+            while not _created(path):
                 path = self.folder / f"{self.name}-{counter}.log"
                 counter += 1
-            handler = logging.FileHandler(path, encoding="utf-8")
+            handler = _RunLogHandler(path, encoding="utf-8")  # appends to the 0600 file made above
         except OSError as error:
             logging.getLogger(__name__).warning("no run log in %s: %s", self.folder, error.strerror or error)
             return self

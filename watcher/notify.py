@@ -7,8 +7,10 @@ plus the first clean success after one, so the owner learns that it recovered.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -23,10 +25,11 @@ from pathlib import Path
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from watcher.config import Settings
-from watcher.errors import NotifyError, PermanentError, TransientError
-from watcher.logs import redact
+from watcher.errors import NotifyError, PermanentError, TransientError, UnexpectedError
+from watcher.logs import log_traceback, redact
+from watcher.private import StateFile
 from watcher.snapshot import Summary
-from watcher.text import format_size
+from watcher.text import format_size, printable
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def body(report: RunReport) -> str:
         lines.append(f"Backup succeeded on {report.host}: nothing changed since snapshot {report.parent_id}.")
     else:
         lines.append(f"Backup FAILED on {report.host}.")
-        lines.append(f"Cause: {report.error}")
+        lines.append(f"Cause: {printable(report.error or '')}")
     if report.next_step:
         lines.append(f"Next: {report.next_step}")
     lines.append("")
@@ -90,7 +93,7 @@ def body(report: RunReport) -> str:
     if report.warnings:
         lines.append("")
         lines.append(f"{len(report.warnings)} files or folders could not be read:")
-        lines.extend(f"  {warning}" for warning in report.warnings[:20])
+        lines.extend(f"  {printable(warning)}" for warning in report.warnings[:20])
         if len(report.warnings) > 20:
             lines.append(f"  ... and {len(report.warnings) - 20} more (see the attached log)")
     lines.append("")
@@ -109,13 +112,24 @@ def cap_log(text: str, limit: int = LOG_CAP, head: int = LOG_HEAD) -> str:
     return data[:head].decode(errors="ignore") + marker + data[-tail:].decode(errors="ignore")
 
 
+def message_domain(host: str) -> str:
+    """The Message-ID's domain: a header takes only ASCII, so a host name such as 'nöd' goes in as
+    IDNA ('xn--nd-fka'); what IDNA cannot take is reduced to letters, digits, dots and dashes.
+    The subject and body keep the real name."""
+    try:
+        domain = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        domain = host.encode("punycode").decode("ascii")
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", domain).strip(".-") or "watcher.invalid"
+
+
 def build_message(report: RunReport, sender: str, recipients: tuple[str, ...], secrets: list[str]) -> EmailMessage:
     message = EmailMessage()
     message["Subject"] = redact(subject(report), secrets)
     message["From"] = sender
     message["To"] = ", ".join(recipients)
     message["Date"] = format_datetime(report.finished.astimezone(UTC))
-    message["Message-ID"] = make_msgid(domain=(report.host or "watcher").replace(" ", "-"))
+    message["Message-ID"] = make_msgid(domain=message_domain(report.host))
     message.set_content(redact(body(report), secrets))
     name = f"watcher-{report.started.astimezone(UTC):%Y%m%dT%H%M%SZ}.log"
     message.add_attachment(redact(cap_log(report.log_text), secrets), subtype="plain", charset="utf-8",
@@ -136,6 +150,7 @@ class MailState:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "mail.json"
+        self.file = StateFile(self.path, "mail state")
 
     def previous_clean(self) -> bool | None:
         try:
@@ -144,11 +159,7 @@ class MailState:
             return None
 
     def record(self, clean: bool) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"clean": clean}))
-        except OSError as error:
-            log.warning("cannot record the mail state in %s: %s", self.path, error.strerror or error)
+        self.file.write(json.dumps({"clean": clean}).encode())
 
 
 class SmtpTemporaryError(NotifyError, TransientError):
@@ -183,6 +194,8 @@ def translate(error: Exception, settings: Settings) -> NotifyError:
         return SmtpTemporaryError(f"{where} is unreachable ({error.__class__.__name__}: {error})")
     if isinstance(error, OSError):
         return SmtpTemporaryError(f"{where}: {error.strerror or error}")
+    if isinstance(error, UnicodeError):  # its message quotes the text, which may be a secret
+        return SmtpPermanentError(f"{where}: a value could not be encoded for the server ({type(error).__name__})")
     return NotifyError(f"{where}: {error.__class__.__name__}: {error}")
 
 
@@ -190,14 +203,43 @@ def _tls_context(settings: Settings) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(settings.smtp_tls_ca_file) if settings.smtp_tls_ca_file else None)
 
 
+class _Utf8(str):
+    """An AUTH answer: smtplib encodes each with ASCII, which fails on a non-ASCII user name or
+    password (and its error message quotes the character); servers expect UTF-8 (RFC 4616, 6531)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return str.encode(self, "utf-8", errors)
+
+
+class _Smtp(smtplib.SMTP):
+    """smtplib's client, logging in with UTF-8."""
+
+    def auth(self, mechanism: str, authobject: Callable[..., str | None], *,
+             initial_response_ok: bool = True) -> tuple[int, bytes]:
+        def answer(challenge: bytes | None = None) -> str | None:
+            text = authobject(challenge)
+            return None if text is None else _Utf8(text)
+
+        return super().auth(mechanism, answer, initial_response_ok=initial_response_ok)
+
+    def auth_cram_md5(self, challenge: bytes | None = None) -> str | None:
+        if challenge is None:
+            return None
+        return f"{self.user} {hmac.HMAC(self.password.encode(), challenge, 'md5').hexdigest()}"
+
+
+class _SmtpSsl(_Smtp, smtplib.SMTP_SSL):
+    pass
+
+
 def open_smtp(settings: Settings) -> smtplib.SMTP:
     """Connected, secured and logged in as configured."""
     host, port = settings.smtp_host or "", settings.smtp_port
     smtp: smtplib.SMTP
     if settings.smtp_security == "tls":
-        smtp = smtplib.SMTP_SSL(host, port, timeout=CONNECT_TIMEOUT, context=_tls_context(settings))
+        smtp = _SmtpSsl(host, port, timeout=CONNECT_TIMEOUT, context=_tls_context(settings))
     else:
-        smtp = smtplib.SMTP(host, port, timeout=CONNECT_TIMEOUT)
+        smtp = _Smtp(host, port, timeout=CONNECT_TIMEOUT)
     try:
         smtp.ehlo()
         if settings.smtp_security == "starttls":
@@ -243,12 +285,16 @@ def send_report(settings: Settings, report: RunReport, sleep: Callable[[float], 
     if not should_send(settings.mail_on, report.clean, previous):
         return False
     sender = settings.mail_from or settings.smtp_user or ""
-    message = build_message(report, sender, settings.mail_to, settings.secrets())
     try:
+        message = build_message(report, sender, settings.mail_to, settings.secrets())
         _with_server(settings, lambda smtp: smtp.send_message(message, sender, list(settings.mail_to)),
                      sleep or time.sleep)
     except NotifyError as error:
         log.error("report mail not sent: %s", error)
+        return False
+    except Exception as error:  # a report must never end a run, whatever goes wrong in it
+        log_traceback(log, error)
+        log.error("report mail not sent: %s", UnexpectedError.wrap(error))
         return False
     log.info("report mail sent to %s", ", ".join(settings.mail_to))
     return True

@@ -15,15 +15,15 @@ from pathlib import Path
 class DaemonProcess:
     """`watcher run` in a subprocess, with its output in a file the test can read."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, command: list[str] | None = None) -> None:
         self.env = env
         self.log = log
+        self.command = command or [sys.executable, "-m", "watcher", "run"]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
         handle = open(self.log, "ab")  # noqa: SIM115 (kept open by the child)
-        self.process = subprocess.Popen([sys.executable, "-m", "watcher", "run"], env=self.env,
-                                        stdout=handle, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=handle, stderr=subprocess.STDOUT)
         handle.close()
         return self
 

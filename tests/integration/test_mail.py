@@ -141,3 +141,77 @@ def test_no_secret_in_any_log_mail_or_output(setup, smtp_server, tmp_path, capsy
         for secret in (SMTP_PASSWORD, TARGET_PASSWORD, url_password):
             assert secret not in text
     assert os.environ.get("SMTP_PASSWORD") is None
+
+
+def test_an_unexpected_error_in_backup_is_one_line_exit_1_and_a_mail(setup, smtp_server, capsys, monkeypatch):
+    env, _ = setup
+    from watcher import cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"injected fault\nover two lines, holding {SMTP_PASSWORD}")
+
+    monkeypatch.setattr(cli, "attempt_backup", broken)
+    assert main(["backup"], env) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    [line] = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert line == "error: unexpected RuntimeError: injected fault over two lines, holding ***"
+    [message] = smtp_server.messages()
+    assert "Error Backup" in message["Subject"]
+    assert "Cause: unexpected RuntimeError: injected fault" in message.get_body(("plain",)).get_content()
+    attached = next(message.iter_attachments()).get_content()
+    assert "Traceback (most recent call last)" in attached and "raise RuntimeError" in attached
+    assert SMTP_PASSWORD not in attached + captured.err + captured.out
+
+
+def test_an_unexpected_error_in_another_command_is_one_line_exit_1(setup, capsys, monkeypatch):
+    env, _ = setup
+    from watcher import cli
+
+    assert main(["backup"], env) == 0
+    monkeypatch.setattr(cli, "list_entries", lambda *args: iter([None]))  # `None.as_line()`: AttributeError
+    capsys.readouterr()
+    assert main(["ls", "latest"], env) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.err.startswith("error: unexpected AttributeError: ")
+    assert len(captured.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("host", ["nöd", "服务器", "büro pc"])
+def test_a_non_ascii_host_name_is_mailed_with_its_real_name(setup, smtp_server, host):
+    env, _ = setup
+    assert main(["backup"], {**env, "BACKUP_HOST": host, "MAIL_ON": "always"}) == 0
+    [message] = smtp_server.messages()
+    assert f"Success Backup on {host}:" in message["Subject"]
+    assert f"Backup succeeded on {host}: snapshot" in message.get_body(("plain",)).get_content()
+    message_id = message["Message-ID"]
+    assert message_id.isascii() and " " not in message_id and re.fullmatch(r"<[^<>@]+@[A-Za-z0-9.-]+>", message_id)
+
+
+NON_ASCII_PASSWORD = "pässwörd-服务-4711"
+
+
+def test_a_non_ascii_smtp_password_logs_in_as_utf8(setup, smtp_server_factory, capsys):
+    env, _ = setup
+    server = smtp_server_factory(password=NON_ASCII_PASSWORD)
+    environ = {**{key: value for key, value in env.items() if not key.startswith("SMTP_")}, **server.environment()}
+    assert main(["doctor"], environ) == 0
+    assert main(["backup"], {**environ, "MAIL_ON": "always"}) == 0
+    [envelope] = server.envelopes()
+    assert envelope["authenticated"]
+    captured = capsys.readouterr()
+    assert "ok   mail server: 127.0.0.1" in captured.out and "report mail not sent" not in captured.err
+
+
+@pytest.mark.parametrize("wrong", ["wrong-ü-Secret", "wrong-服-Secret"])
+def test_a_wrong_non_ascii_password_leaks_no_part_of_it(setup, smtp_server, capsys, wrong):
+    env, _ = setup
+    assert main(["doctor"], {**env, "SMTP_PASSWORD": wrong}) == 1
+    assert main(["backup"], {**env, "SMTP_PASSWORD": wrong, "MAIL_ON": "always"}) == 0
+    captured = capsys.readouterr()
+    texts = [captured.out, captured.err]
+    texts += [path.read_text() for path in Path(env["BACKUP_STATE_DIR"], "logs").glob("*.log")]
+    assert "FAIL mail server: mail server 127.0.0.1:" in captured.out and "refused the login" in captured.out
+    special = wrong.split("-")[1]
+    for text in texts:
+        assert special not in text and ascii(special).strip("'") not in text and "codec" not in text

@@ -512,6 +512,13 @@ def test_doctor(backed_up):
     assert "configuration" in names and "target" in names
 
 
+@pytest.mark.parametrize("pattern", ["!", "[z-a]"])
+def test_doctor_agrees_that_a_pattern_pathspec_refuses_is_invalid(run, pattern):
+    code, out, err = run("doctor", env={**run.env, "BACKUP_EXCLUDE": f"*.tmp,{pattern}"})
+    assert code == 2 and out == ""
+    assert error_lines(err) == [f"error: BACKUP_EXCLUDE: {pattern!r} is not a valid gitignore-style pattern"]
+
+
 def test_doctor_before_the_first_backup(run):
     out = run.ok("doctor")
     assert "target" in out
@@ -600,3 +607,67 @@ def test_password_in_sftp_url_not_in_doctor(capsys, tmp_path):
     assert code == 1
     assert PASSWORD not in out + err
     assert any(line.startswith("FAIL") and "target" in line for line in out.splitlines())
+
+
+# -- names that could drive a terminal ----------------------------------------------------------------
+
+HOSTILE = ["a\nb", "\x1b[31mred", "cr\rhere", "tab\there", "bell\x07", "c1\x85", "bad\udcff", "back\\slash"]
+SHOWN = ["a\\nb", "\\x1b[31mred", "cr\\rhere", "tab\\there", "bell\\x07", "c1\\u0085", "bad\\xff", "back\\\\slash"]
+RAW_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]")  # anything but the line ends
+
+
+def hostile_tree(src: Path) -> None:
+    for name in HOSTILE:
+        folder = src / "names" / name
+        folder.mkdir(parents=True)
+        (folder / "file").write_bytes(os.fsencode(name))
+    (src / "names" / "link\x1b]0;title\x07").symlink_to("tar\nget\x1b[2J")
+
+
+def assert_printable(text: str) -> None:
+    assert not RAW_CONTROL.search(text), repr(text)
+    assert all(line.count("\r") == 0 for line in text.split("\n")), repr(text)
+
+
+def test_hostile_names_are_escaped_in_ls_diff_and_restore(run, paths, tmp_path):
+    src = Path(paths["src"])
+    run.ok("backup")
+    hostile_tree(src)
+    run.ok("backup")
+    code, out, err = run("ls", "latest")
+    assert code == 0
+    assert_printable(out + err)
+    for shown in SHOWN:
+        assert f"{src}/names/{shown}/file\n" in out
+    assert "link\\x1b]0;title\\x07 -> tar\\nget\\x1b[2J\n" in out
+    entries = json.loads(run.ok("ls", "latest", "--json"))
+    assert {f"{src}/names/{name}/file" for name in HOSTILE} <= {entry["path"] for entry in entries}
+    first, second = run.snapshot_ids()
+    out = run.ok("diff", first, second)
+    assert_printable(out)
+    assert f"+ {src}/names/a\\nb/file" in out.splitlines()
+    to = tmp_path / "restored"
+    in_the_way = to / src.relative_to("/") / "names" / "a\nb"
+    in_the_way.parent.mkdir(parents=True)
+    in_the_way.write_text("a file where a folder is restored")
+    code, out, err = run("restore", "latest", "--to", str(to))
+    assert code == 1
+    assert_printable(out + err)
+    assert f"failed: {src}/names/a\\nb" in out
+
+
+def test_a_hostile_host_name_is_escaped_in_snapshots(run, paths):
+    from tests.helpers import backup
+    from watcher.backends.local import LocalBackend
+    from watcher.repository import Repository
+
+    repository = Repository(LocalBackend(paths["repo"]), None)
+    repository.open(create=True)
+    repository.load_index()
+    backup(repository, Path(paths["src"]), host="\x1b[2Jevil\nhost")
+    repository.close()
+    code, out, err = run("snapshots")
+    assert code == 0
+    assert_printable(out + err)
+    assert "\\x1b[2Jevil\\nhos" in out
+    assert json.loads(run.ok("snapshots", "--json"))[0]["host"] == "\x1b[2Jevil\nhost"

@@ -126,6 +126,23 @@ BAD_CONFIG = [
     case({"MAIL_FROM": "me@example.com\r\nBcc: x@evil.example"}, "MAIL_FROM", "mail-from-header-injection"),
     # local state
     case({"BACKUP_STATE_DIR": "relative/state"}, "BACKUP_STATE_DIR", "state-dir-relative"),
+    case({"BACKUP_STATE_DIR": "{file}"}, "BACKUP_STATE_DIR", "state-dir-a-file"),
+    case({"BACKUP_STATE_DIR": "{file}/state"}, "BACKUP_STATE_DIR", "state-dir-below-a-file"),
+    case({"BACKUP_STATE_DIR": "/proc/watcher-state"}, "BACKUP_STATE_DIR", "state-dir-cannot-be-created"),
+    case({"BACKUP_STATE_DIR": "/proc/self"}, "BACKUP_STATE_DIR", "state-dir-not-writable"),
+    # what goes into mail headers, and what a run would only refuse later
+    case({"BACKUP_HOST": "box\r\nBcc: x@evil.example"}, "BACKUP_HOST", "host-header-injection"),
+    case({"BACKUP_HOST": "tab\thost"}, "BACKUP_HOST", "host-control-character"),
+    case({"BACKUP_EXCLUDE": "*.tmp,!"}, "BACKUP_EXCLUDE", "exclude-lone-bang"),
+    case({"BACKUP_EXCLUDE": "[z-a]"}, "BACKUP_EXCLUDE", "exclude-bad-range"),
+    case({"BACKUP_EXCLUDE": "\\"}, "BACKUP_EXCLUDE", "exclude-lone-backslash"),
+    case({"BACKUP_RETRY_MAX_SECONDS": "1e15"}, "BACKUP_RETRY_MAX_SECONDS", "retry-max-huge"),
+    case({"BACKUP_RETRY_MAX_SECONDS": "inf"}, "BACKUP_RETRY_MAX_SECONDS", "retry-max-inf"),
+    case({"BACKUP_DEBOUNCE_SECONDS": "1e300"}, "BACKUP_DEBOUNCE_SECONDS", "debounce-huge"),
+    case({"BACKUP_RESCAN_SECONDS": "9e18"}, "BACKUP_RESCAN_SECONDS", "rescan-huge"),
+    case({"BACKUP_HEALTH_MAX_AGE_SECONDS": "1e12"}, "BACKUP_HEALTH_MAX_AGE_SECONDS", "health-age-huge"),
+    case({"BACKUP_RETRIES": "10" * 20}, "BACKUP_RETRIES", "retries-huge"),
+    case({"BACKUP_KEEP_LAST": "9" * 30}, "BACKUP_KEEP_LAST", "keep-last-huge"),
     # secrets given twice, or as unreadable files
     case({"BACKUP_TARGET_PASSWORD": PASSWORD, "BACKUP_TARGET_PASSWORD_FILE": "{secret}"},
          "BACKUP_TARGET_PASSWORD", "target-password-twice"),
@@ -481,3 +498,26 @@ def test_a_bad_target_is_reported_once():
     with pytest.raises(ConfigError) as caught:
         load_settings({"BACKUP_TARGET": "http://x/y"})
     assert len(caught.value.problems) == 1
+
+
+def test_a_source_whose_name_holds_a_line_break_is_refused(paths):
+    weird = Path(paths["tmp"]) / "we\r\nird"
+    weird.mkdir()
+    error = load_bad({"BACKUP_SOURCES": str(weird)}, paths)
+    assert [problem.split(":")[0] for problem in error.problems] == ["BACKUP_SOURCES"]
+    assert "\n" not in str(error) and "control character" in str(error)
+
+
+def test_the_state_folder_check_leaves_nothing_behind(paths):
+    state = Path(paths["tmp"]) / "state"
+    load_settings(base_env(paths), need_sources=True)
+    assert not state.exists() and sorted(Path(paths["tmp"]).iterdir()) == sorted(
+        Path(paths[name]) for name in ("src", "file", "secret"))
+    state.mkdir()
+    load_settings(base_env(paths), need_sources=True)
+    assert list(state.iterdir()) == []
+
+
+def test_bounds_are_in_the_message(paths):
+    error = load_bad({"BACKUP_RETRY_MAX_SECONDS": "1e15"}, paths)
+    assert error.problems == ["BACKUP_RETRY_MAX_SECONDS: '1e15' must be between 0 and 31622400"]

@@ -74,8 +74,12 @@ def test_config_imports_only_errors():
     assert ours("watcher.config") <= {"watcher.errors"}
 
 
-def test_logs_imports_nothing_of_ours():
-    assert ours("watcher.logs") == set()
+def test_logs_imports_nothing_of_ours_but_the_private_files():
+    assert ours("watcher.logs") <= {"watcher.private"}
+
+
+def test_private_files_import_nothing_of_ours():
+    assert ours("watcher.private") == set()
 
 
 BACKENDS = sorted(name for name in MODULES if under(name, "watcher.backends"))

@@ -71,3 +71,9 @@ def test_long_logs_keep_head_and_tail_and_mark_the_cut():
     assert "bytes of this log cut here" in capped
     assert len(capped.encode()) < 100_200
     assert cap_log("short\n") == "short\n"
+
+
+def test_names_in_the_body_are_escaped():
+    text = build_message(report(warnings=("/home/me/docs/a\nb\x1b[2J: cannot read",), error="x"), "w@example.test",
+                         ("o@example.test",), []).get_body(("plain",)).get_content()
+    assert "  /home/me/docs/a\\nb\\x1b[2J: cannot read\n" in text and "\x1b" not in text

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watcher.errors import WatcherError
+from watcher.private import create_file, make_folders
 from watcher.repository import Repository
 
 
@@ -27,9 +28,9 @@ def check_sources(sources: tuple[Path, ...]) -> Verdict:
 
 def check_state_dir(state_dir: Path) -> Verdict:
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        make_folders(state_dir)
         probe = state_dir / f".doctor-{os.getpid()}"
-        probe.write_bytes(b"")
+        os.close(create_file(probe))
         probe.unlink()
     except OSError as error:
         return Verdict(False, "state folder", f"{state_dir}: {error.strerror or error}")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from watcher.errors import SnapshotNotFoundError
 from watcher.repository import Repository, iter_tree
 from watcher.snapshot import Node, Snapshot
+from watcher.text import printable
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,10 @@ class Entry:
     def as_line(self) -> str:
         node = self.node
         kind = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}[node.kind]
-        suffix = f" -> {node.target}" if node.kind == "symlink" else ""
+        suffix = f" -> {printable(node.target)}" if node.kind == "symlink" else ""
         when = datetime.fromtimestamp(node.mtime_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
         mode = stat.filemode(kind | node.mode)
-        return f"{mode} {node.uid:>5} {node.gid:>5} {node.size:>12} {when} {self.path}{suffix}"
+        return f"{mode} {node.uid:>5} {node.gid:>5} {node.size:>12} {when} {printable(self.path)}{suffix}"
 
 
 def snapshot_as_json(snapshot: Snapshot) -> dict[str, object]:

@@ -1,4 +1,8 @@
-"""A folder on a local or mounted file system."""
+"""A folder on a local or mounted file system.
+
+What watcher creates in it (folders 0700, objects 0600) only its owner can read; the target
+folder itself, when the user made it, keeps its modes.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from watcher.errors import (
     PermissionDeniedError,
     StorageFullError,
 )
+from watcher.private import create_file, make_folders
 
 _COPY_BUFFER = 1 << 20
 
@@ -65,8 +70,8 @@ class LocalBackend(Backend):
         temp = self.root / temp_name(key)
         try:
             if not temp.parent.is_dir():
-                temp.parent.mkdir(parents=True, exist_ok=True)
-            with open(temp, "wb") as target:
+                make_folders(temp.parent)
+            with os.fdopen(create_file(temp), "wb") as target:
                 shutil.copyfileobj(source, target, _COPY_BUFFER)
                 target.flush()
                 os.fsync(target.fileno())
