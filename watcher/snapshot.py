@@ -59,6 +59,16 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class Incomplete:
+    """What a snapshot holds less of, or older, than its sources had: sources that could not be
+    read or were found empty where an earlier snapshot had content (retention is not applied after
+    such a run), and files that kept changing while read, stored as their parent snapshot had them."""
+
+    sources: tuple[str, ...] = ()
+    kept_previous: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Snapshot:
     id: str
     time: datetime
@@ -67,6 +77,7 @@ class Snapshot:
     tree: str
     parent: str | None = None
     summary: Summary = field(default_factory=Summary)
+    incomplete: Incomplete = field(default_factory=Incomplete)
 
     @property
     def time_text(self) -> str:
@@ -153,6 +164,9 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         "parent": snapshot.parent,
         "summary": vars(snapshot.summary),
     }
+    if snapshot.incomplete != Incomplete():
+        document["incomplete"] = {"sources": list(snapshot.incomplete.sources),
+                                  "kept_previous": list(snapshot.incomplete.kept_previous)}
     return json.dumps(document, sort_keys=True, indent=1).encode()
 
 
@@ -163,6 +177,9 @@ def decode_snapshot(snapshot_id: str, data: bytes) -> Snapshot:
             raise ValueError(f"unknown snapshot version {document.get('version')!r}")
         summary_fields = set(Summary.__dataclass_fields__)
         summary = Summary(**{k: v for k, v in document.get("summary", {}).items() if k in summary_fields})
+        marks = document.get("incomplete", {})
+        incomplete = Incomplete(tuple(map(str, marks.get("sources", ()))),
+                                tuple(map(str, marks.get("kept_previous", ()))))
         return Snapshot(
             id=snapshot_id,
             time=datetime.fromisoformat(document["time"].replace("Z", "+00:00")),
@@ -171,6 +188,7 @@ def decode_snapshot(snapshot_id: str, data: bytes) -> Snapshot:
             tree=str(document["tree"]),
             parent=document.get("parent"),
             summary=summary,
+            incomplete=incomplete,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise IntegrityError(f"snapshot {snapshot_id} cannot be read: {error}") from error
