@@ -80,13 +80,37 @@ def open_source(real: str) -> int:
     return fd
 
 
-def reopen_parent(child_fd: int, expected: os.stat_result) -> int | None:
-    """The folder holding the folder `child_fd`, if it is still the one `expected` describes."""
-    fd = os.open("..", DIR_FLAGS, dir_fd=child_fd)
+def reopen_parent(child_fd: int, expected: os.stat_result) -> int:
+    """The folder holding the folder `child_fd` if it is still the one `expected` describes, else -1."""
+    try:
+        fd = os.open("..", DIR_FLAGS, dir_fd=child_fd)
+    except OSError:
+        return -1
+    return _if_same(fd, expected)
+
+
+def reopen_below(fd: int, names: list[str], expected: os.stat_result) -> int:
+    """Folder `names` below folder `fd` (left open), never through a symlink, if it is the one
+    `expected` describes; else -1."""
+    current = fd
+    try:
+        for name in names:
+            child = os.open(name, DIR_FLAGS, dir_fd=current)
+            if current != fd:
+                os.close(current)
+            current = child
+    except OSError:
+        if current != fd:
+            os.close(current)
+        return -1
+    return _if_same(current, expected) if current != fd else -1
+
+
+def _if_same(fd: int, expected: os.stat_result) -> int:
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
         os.close(fd)
-        return None
+        return -1
     return fd
 
 

@@ -26,7 +26,16 @@ from pathlib import Path
 
 from watcher.errors import InterruptedRunError
 from watcher.repository import BlobWriter, Repository
-from watcher.scan import DIR_FLAGS, ChangedWhileReading, ChunkReader, Excluder, file_state, open_source, reopen_parent
+from watcher.scan import (
+    DIR_FLAGS,
+    ChangedWhileReading,
+    ChunkReader,
+    Excluder,
+    file_state,
+    open_source,
+    reopen_below,
+    reopen_parent,
+)
 from watcher.snapshot import Incomplete, Node, Snapshot, Summary, digest, encode_tree, new_snapshot_id
 
 log = logging.getLogger(__name__)
@@ -235,16 +244,17 @@ class _Run:
                 folder.close()
 
     def _back_to(self, stack: list[_Folder], child: _Folder) -> bool:
-        """Reopen the folder the walk returns to from `child` if it was closed. False when it moved
-        meanwhile: it is dropped (with a warning), and so are the closed folders above it."""
-        if stack[-1].fd >= 0:
+        """Reopen the folder the walk returns to from `child` if it was closed: through "..", or
+        else by name from the nearest folder still open, and only if it is the same folder. False
+        when it is gone: it is dropped (with a warning), and so are the closed folders above it."""
+        folder = stack[-1]
+        if folder.fd >= 0:
             return True
-        try:
-            reopened = reopen_parent(child.fd, stack[-1].st)
-        except OSError:
-            reopened = None
-        if reopened is not None:
-            stack[-1].fd = reopened
+        folder.fd = reopen_parent(child.fd, folder.st)
+        if folder.fd < 0:
+            opened = max(index for index, above in enumerate(stack) if above.fd >= 0)
+            folder.fd = reopen_below(stack[opened].fd, [above.name for above in stack[opened + 1:]], folder.st)
+        if folder.fd >= 0:
             return True
         while stack[-1].fd < 0:  # the source's folder is never closed
             self.warn(f"cannot read folder {stack.pop().path}: it moved while being read")
