@@ -129,3 +129,23 @@ def test_a_vanished_source_over_sftp_keeps_the_good_snapshots(sshd_server, tmp_p
     output, good = vanish_under_the_daemon(env, source, tmp_path)
     assert good[0] in listed(env)
     assert f"source {source}" in output and "retention not applied" in output
+
+
+def test_a_source_whose_parent_folder_vanished_is_lost_too(tmp_path, capsys):
+    """An unmounted disk takes the folders above the source with it (/mnt/disk/data)."""
+    disk = tmp_path / "disk"
+    source = make_tree(disk / "data", {"a.txt": "alpha"})
+    other = make_tree(tmp_path / "other", {"o.txt": "one"})
+    env = file_env([source, other], tmp_path)
+    assert backup(capsys, env)[0] == 0
+    good = snapshots(capsys, env)[0]["id"]
+    (other / "o.txt").write_text("changed")
+    disk.rename(tmp_path / "unmounted")
+    real_folder = Path.is_dir
+    # the configuration check at start sees the source; it is gone by the time the walk gets there
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "is_dir", lambda path: True if path == source else real_folder(path))
+        code, output = backup(capsys, env)
+    assert code == 3, output
+    assert f"cannot read source {source}" in output and "retention not applied" in output
+    assert good in [s["id"] for s in snapshots(capsys, env)]

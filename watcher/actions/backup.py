@@ -404,7 +404,9 @@ def _ancestor(run: _Run, path: str, name: str, rests: list[str], previous: Node 
     try:
         st = os.stat(path)
     except OSError as error:
-        run.warn(f"cannot read source {path}: {error.strerror or error}")
+        for source in (f"{path}/{rest}" for rest in rests):
+            run.warn(f"cannot read source {source}: {path}: {error.strerror or error}")
+            run.lost_sources.append(source)
         return None
     before = run.previous_entries(previous)
     nodes = []
