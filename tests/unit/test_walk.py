@@ -1,4 +1,4 @@
-"""The walk keeps few folders open, and goes back only into the very folders it left."""
+"""The walk: few folders kept open, back only into the very folders it left; marks carried forward."""
 
 from __future__ import annotations
 
@@ -56,3 +56,32 @@ def test_a_closed_folder_that_moved_away_is_not_stored_in_the_wrong_place(source
     stored = walk_with_a_move(source, [("a/b", "other/b"), ("a", "gone")], monkeypatch)
     assert f"cannot read folder {source}/a: it moved while being read" in stored
     assert not any(path.startswith("a/") for path in stored)
+
+
+def test_a_kept_previous_version_stays_marked_until_the_file_is_read_again(tmp_path, monkeypatch):
+    source = make_tree(tmp_path / "src", {"busy.log": "first", "calm.txt": "y"})
+    repository = open_repository()
+    backup(repository, source)
+    (source / "busy.log").write_text("second, never read whole")
+    (source / "calm.txt").write_text("y2")  # a snapshot is saved (the kept file alone is no change)
+    real_fstat = os.fstat
+
+    def always_growing(fd):
+        result = real_fstat(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("busy.log"):
+            with open(source / "busy.log", "a") as handle:
+                handle.write("x")
+        return result
+
+    monkeypatch.setattr(os, "fstat", always_growing)
+    kept = backup(repository, source)
+    monkeypatch.undo()
+    busy = f"{source}/busy.log"
+    assert kept.snapshot is not None and kept.snapshot.incomplete.kept_previous == (busy,)
+    assert any(f"kept the previous version of {busy}" in warning for warning in kept.warnings)
+    (source / "calm.txt").write_text("z")
+    options = backup_module.BackupOptions((source,), host="test")
+    by_events = backup_module.run_backup(repository, options, changed=[str(source / "calm.txt")])
+    assert by_events.snapshot is not None and by_events.snapshot.incomplete.kept_previous == (busy,)
+    full = backup(repository, source)
+    assert full.snapshot is not None and full.snapshot.incomplete.kept_previous == ()
