@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import backup, make_tree, open_repository
+from tests.helpers import backup, keep_growing, make_tree, open_repository
 from watcher.actions import backup as backup_module
 
 
@@ -64,16 +64,7 @@ def test_a_kept_previous_version_stays_marked_until_the_file_is_read_again(tmp_p
     backup(repository, source)
     (source / "busy.log").write_text("second, never read whole")
     (source / "calm.txt").write_text("y2")  # a snapshot is saved (the kept file alone is no change)
-    real_fstat = os.fstat
-
-    def always_growing(fd):
-        result = real_fstat(fd)
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("busy.log"):
-            with open(source / "busy.log", "a") as handle:
-                handle.write("x")
-        return result
-
-    monkeypatch.setattr(os, "fstat", always_growing)
+    keep_growing(monkeypatch, source / "busy.log")
     kept = backup(repository, source)
     monkeypatch.undo()
     busy = f"{source}/busy.log"
