@@ -52,3 +52,17 @@ def describe_tree(root: Path) -> dict[str, tuple]:
             else:
                 result[relative] = ("file", path.read_bytes(), st.st_mode, st.st_mtime_ns)
     return result
+
+
+def keep_growing(monkeypatch, path: Path) -> None:
+    """Make `path` grow each time a reader looks at its state (fstat): it never stays still for a read."""
+    real_fstat = os.fstat
+
+    def always_growing(fd: int) -> os.stat_result:
+        result = real_fstat(fd)
+        if os.readlink(f"/proc/self/fd/{fd}") == os.path.realpath(path):
+            with open(path, "a") as handle:
+                handle.write("x")
+        return result
+
+    monkeypatch.setattr(os, "fstat", always_growing)

@@ -7,10 +7,12 @@ turns the outcome into a report and mails it as `MAIL_ON` says.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+from watcher import scan
 from watcher.actions.backup import BackupOptions, BackupResult, Progress, run_backup
 from watcher.actions.prune import run_forget
 from watcher.backends import create_backend
@@ -42,12 +44,30 @@ def open_repository(settings: Settings, *, create: bool = False, stop: threading
     return repository
 
 
+_RESOLVED: dict[str, str] = {}  # source -> its real path, fixed for the life of the process
+
+
+def real_sources(settings: Settings) -> tuple[str, ...]:
+    """Each source's real path, resolved the first time this process meets it (daemon start-up,
+    or `watcher backup`) and said in the log. The walk then never follows a symlink: a source, or
+    a folder on its way, that becomes one later is refused with a warning."""
+    for source in map(str, settings.sources):
+        if source not in _RESOLVED:
+            _RESOLVED[source] = os.path.realpath(source)
+            if _RESOLVED[source] != source:
+                log.warning("source %s is reached through a symlink: backing up %s (resolved once, at start; "
+                         "stored as %s)", source, _RESOLVED[source], source)
+    return tuple(_RESOLVED[str(source)] for source in settings.sources)
+
+
 def never_back_up(settings: Settings) -> tuple[str, ...]:
-    """The local repository and the state folder, should they sit inside a source."""
+    """The local repository and the state folder, should they sit inside a source, by every name
+    the walk and the watcher may give them (one named through a symlink included)."""
     paths = [str(settings.state_dir)]
     if settings.target is not None and settings.target.scheme == "file":
         paths.append(settings.target.path)
-    return tuple(paths)
+    sources = dict(zip(map(str, settings.sources), real_sources(settings), strict=True))
+    return scan.never_back_up(paths, sources)
 
 
 def attempt_backup(settings: Settings, *, progress: Progress | None = None, stop: threading.Event | None = None,
@@ -63,12 +83,18 @@ def attempt_backup(settings: Settings, *, progress: Progress | None = None, stop
 def backup_into(repository: Repository, settings: Settings, *, progress: Progress | None = None,
                 stop: threading.Event | None = None, changed: list[str] | None = None) -> BackupResult:
     """Back up into an open repository (the daemon keeps one open between runs), then apply retention."""
-    options = BackupOptions(settings.sources, settings.exclude, settings.host, never_back_up(settings))
+    options = BackupOptions(settings.sources, settings.exclude, settings.host, never_back_up(settings),
+                            real_sources(settings))
     with locked(repository, exclusive=False):
         repository.load_index()  # under the lock: a `forget` that ran before it is seen, none runs during it
         result = run_backup(repository, options, progress, stop, changed)
     if result.snapshot is not None and settings.retention.is_set():
-        apply_retention(repository, settings, result.snapshot)
+        lost = result.snapshot.incomplete.sources
+        if lost:
+            log.warning("retention not applied: %s could not be read or is empty; the earlier snapshots "
+                        "that hold it are kept", ", ".join(lost))
+        else:
+            apply_retention(repository, settings, result.snapshot)
     return result
 
 

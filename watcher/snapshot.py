@@ -63,6 +63,16 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class Incomplete:
+    """What a snapshot holds less of, or older, than its sources had: sources that could not be
+    read or were found empty where an earlier snapshot had content (retention is not applied after
+    such a run), and files that kept changing while read, stored as their parent snapshot had them."""
+
+    sources: tuple[str, ...] = ()
+    kept_previous: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Snapshot:
     id: str
     time: datetime
@@ -71,6 +81,7 @@ class Snapshot:
     tree: str
     parent: str | None = None
     summary: Summary = field(default_factory=Summary)
+    incomplete: Incomplete = field(default_factory=Incomplete)
 
     @property
     def time_text(self) -> str:
@@ -200,6 +211,9 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         "parent": snapshot.parent,
         "summary": vars(snapshot.summary),
     }
+    if snapshot.incomplete != Incomplete():
+        document["incomplete"] = {"sources": list(snapshot.incomplete.sources),
+                                  "kept_previous": list(snapshot.incomplete.kept_previous)}
     return json.dumps(document, sort_keys=True, indent=1).encode()
 
 
@@ -220,6 +234,13 @@ def _summary_from_json(value: object) -> Summary:
     return Summary(**counts)
 
 
+def _incomplete_from_json(value: object) -> Incomplete:
+    marks = fields.mapping(value, "incomplete")
+    return Incomplete(*(tuple(fields.path_text(path, f"incomplete.{key}")
+                              for path in fields.array(marks.get(key, []), f"incomplete.{key}"))
+                        for key in ("sources", "kept_previous")))
+
+
 def decode_snapshot(snapshot_id: str, data: bytes) -> Snapshot:
     """A snapshot document, every field checked; IntegrityError naming the snapshot otherwise."""
     try:
@@ -235,6 +256,7 @@ def decode_snapshot(snapshot_id: str, data: bytes) -> Snapshot:
             tree=fields.hex_id(document["tree"], "tree"),
             parent=None if parent is None else fields.snapshot_id(parent, "parent"),
             summary=_summary_from_json(document.get("summary", {})),
+            incomplete=_incomplete_from_json(document.get("incomplete", {})),
         )
     except (ValueError, KeyError) as error:
         raise IntegrityError(f"snapshot {snapshot_id} cannot be read: {fields.reason(error)}") from error

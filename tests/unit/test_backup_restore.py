@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import backup, describe_tree, make_tree, open_repository
+from tests.helpers import backup, describe_tree, keep_growing, make_tree, open_repository
 from watcher.actions.restore import run_restore
 from watcher.backends.memory import MemoryBackend
 from watcher.errors import SnapshotNotFoundError
@@ -156,18 +156,7 @@ def test_file_changing_while_read_is_read_again(tmp_path, monkeypatch):
 def test_file_that_never_stops_changing_is_reported_not_stored_torn(tmp_path, monkeypatch):
     source = make_tree(tmp_path / "src", {"busy.log": "x", "calm.txt": "y"})
     repository = open_repository()
-    from watcher import scan
-
-    real_fstat = os.fstat
-
-    def always_growing(fd):
-        result = real_fstat(fd)
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("busy.log"):
-            with open(source / "busy.log", "a") as handle:
-                handle.write("x")
-        return result
-
-    monkeypatch.setattr(scan.os, "fstat", always_growing)
+    keep_growing(monkeypatch, source / "busy.log")
     result = backup(repository, source)
     monkeypatch.undo()
     assert len(result.warnings) == 1 and "busy.log" in result.warnings[0]

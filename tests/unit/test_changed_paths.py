@@ -71,8 +71,8 @@ def test_event_driven_run_reads_only_what_changed(tmp_path, monkeypatch):
     listed: list[str] = []
     real_scandir = os.scandir
 
-    def counting_scandir(path):
-        listed.append(str(path))
+    def counting_scandir(path):  # folders are listed through their descriptor
+        listed.append(os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else str(path))
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", counting_scandir)

@@ -13,6 +13,7 @@ follows the size of the change, not the size of the tree.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -25,14 +26,36 @@ from pathlib import Path
 
 from watcher.errors import InterruptedRunError
 from watcher.repository import BlobWriter, Repository
-from watcher.scan import ChangedWhileReading, ChunkReader, Excluder, file_state
-from watcher.snapshot import Node, Snapshot, Summary, dated_in_future, digest, encode_tree, new_snapshot_id
+from watcher.scan import (
+    DIR_FLAGS,
+    ChangedWhileReading,
+    ChunkReader,
+    Excluder,
+    file_state,
+    open_source,
+    reopen_below,
+    reopen_parent,
+)
+from watcher.snapshot import (
+    Incomplete,
+    Node,
+    Snapshot,
+    Summary,
+    dated_in_future,
+    digest,
+    encode_tree,
+    new_snapshot_id,
+)
 
 log = logging.getLogger(__name__)
 
 # The cache never records a file modified this close to the scan: file times tick coarsely
 # (a few ms), so a write just after our read could leave the same mtime (git's "racy" files).
 RACY_SECONDS = 1
+EMPTY_TREE = digest(encode_tree([]))
+# Folders on the current path kept open (besides the source's): a deeper tree reopens the
+# others through "..", so any depth fits in a few descriptors.
+OPEN_FOLDERS = 32
 
 
 @dataclass(frozen=True)
@@ -41,6 +64,7 @@ class BackupOptions:
     exclude: tuple[str, ...] = ()
     host: str = ""
     never_back_up: tuple[str, ...] = ()
+    real_sources: tuple[str, ...] = ()  # each source's real path, as resolved once (default: now)
 
 
 @dataclass
@@ -78,15 +102,41 @@ class ChangedPaths:
                 self.on_the_way.add(parent)
                 path, parent = parent, os.path.dirname(parent)
 
+    def on_way_or_changed(self, path: str) -> bool:
+        return path in self.paths or path in self.on_the_way
+
+    def touches_below(self, path: str) -> bool:
+        """True when `path` or a folder above it changed."""
+        while path not in self.paths:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+        return True
+
     def touches(self, path: str) -> bool:
-        if path in self.paths or path in self.on_the_way:
-            return True
-        parent = os.path.dirname(path)
-        while parent != path:
-            if parent in self.paths:
-                return True
-            path, parent = parent, os.path.dirname(parent)
-        return False
+        return self.on_way_or_changed(path) or self.touches_below(path)
+
+
+@dataclass
+class _Folder:
+    """A folder being walked: its open descriptor (-1 once closed), the names still to do
+    (last first) and the entries done so far."""
+
+    fd: int
+    path: str
+    name: str
+    relative: str  # to its source: what exclusion patterns match
+    st: os.stat_result
+    before: dict[str, Node]
+    names: list[str]
+    whole: bool  # an event-driven run: the folder itself changed, so every entry is read
+    nodes: list[Node] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 @dataclass
@@ -105,7 +155,7 @@ class _Counts:
 
 class _Run:
     def __init__(self, repository: Repository, writer: BlobWriter, options: BackupOptions, progress: Progress,
-                 stop: threading.Event | None, changed: ChangedPaths | None) -> None:
+                 stop: threading.Event | None, changed: ChangedPaths | None, parent: Snapshot | None) -> None:
         assert repository.config is not None
         params = repository.config.chunker
         self.repository = repository
@@ -118,6 +168,11 @@ class _Run:
         self.excluder = Excluder(options.exclude, options.never_back_up)
         self.counts = _Counts()
         self.warnings: list[str] = []
+        self.kept_previous: list[str] = []
+        self.lost_sources: list[str] = []
+        self.parent_lost = set(parent.incomplete.sources) if parent is not None else set()
+        sources = [str(source) for source in options.sources]
+        self.real_sources = dict(zip(sources, options.real_sources or map(os.path.realpath, sources), strict=True))
         self.generation = self.cache.next_generation()
         self.racy_after_ns = time.time_ns() - RACY_SECONDS * 1_000_000_000
 
@@ -138,13 +193,15 @@ class _Run:
         return {node.name: node for node in self.repository.load_tree(previous.subtree)}
 
     def _count_removed(self, node: Node) -> None:
-        if node.kind != "dir":
-            self.counts.removed += 1
-            self.counts.files_delta -= 1
-            self.counts.bytes_delta -= node.size
-            return
-        for child in self.previous_entries(node).values():
-            self._count_removed(child)
+        pending = [node]
+        while pending:
+            node = pending.pop()
+            if node.kind == "dir":
+                pending.extend(self.previous_entries(node).values())
+            else:
+                self.counts.removed += 1
+                self.counts.files_delta -= 1
+                self.counts.bytes_delta -= node.size
 
     def store_tree(self, nodes: list[Node]) -> str:
         data = encode_tree(nodes)
@@ -157,67 +214,134 @@ class _Run:
         """In an event-driven run: may this entry be taken as is from the previous snapshot?"""
         return self.changed is not None and previous is not None and not self.changed.touches(path)
 
-    def scan_dir(self, path: str, source: str, previous: Node | None) -> str | None:
-        """Store the tree of folder `path`; None when the folder cannot be listed."""
-        if self.stop is not None and self.stop.is_set():
-            raise InterruptedRunError("backup interrupted")
+    def scan_source(self, fd: int, path: str, name: str, previous: Node | None) -> Node | None:
+        """The node of the source folder open as `fd` (closed here), walked without recursion.
+
+        A folder's tree is stored once all of its entries are done, so the walk keeps a stack of
+        folders being listed; only the deepest OPEN_FOLDERS of them (and the source) keep their
+        descriptor open, the others are reopened through ".." when the walk comes back to them.
+        """
+        whole = self.changed is None or self.changed.touches_below(path)
+        top = self._open(fd, path, name, "", previous, whole)
+        if top is None:
+            return None
+        stack = [top]
         try:
-            with os.scandir(path) as iterator:
-                names = sorted(entry.name for entry in iterator)
+            while True:
+                folder = stack[-1]
+                if self.stop is not None and self.stop.is_set():
+                    raise InterruptedRunError("backup interrupted")
+                if folder.names:
+                    entry = self._entry(folder, folder.names.pop())
+                    if isinstance(entry, _Folder):
+                        stack.append(entry)
+                        if len(stack) > OPEN_FOLDERS + 1:
+                            stack[-OPEN_FOLDERS - 1].close()
+                    elif entry is not None:
+                        folder.nodes.append(entry)
+                    continue
+                node = self._finish(folder)
+                stack.pop()
+                if not stack:
+                    folder.close()
+                    return node
+                if self._back_to(stack, folder):
+                    stack[-1].nodes.append(node)
+                folder.close()
+        finally:
+            for folder in stack:
+                folder.close()
+
+    def _back_to(self, stack: list[_Folder], child: _Folder) -> bool:
+        """Reopen the folder the walk returns to from `child` if it was closed: through "..", or
+        else by name from the nearest folder still open, and only if it is the same folder. False
+        when it is gone: it is dropped (with a warning), and so are the closed folders above it."""
+        folder = stack[-1]
+        if folder.fd >= 0:
+            return True
+        folder.fd = reopen_parent(child.fd, folder.st)
+        if folder.fd < 0:
+            opened = max(index for index, above in enumerate(stack) if above.fd >= 0)
+            folder.fd = reopen_below(stack[opened].fd, [above.name for above in stack[opened + 1:]], folder.st)
+        if folder.fd >= 0:
+            return True
+        while stack[-1].fd < 0:  # the source's folder is never closed
+            self.warn(f"cannot read folder {stack.pop().path}: it moved while being read")
+        return False
+
+    def _open(self, fd: int, path: str, name: str, relative: str, previous: Node | None,
+              whole: bool) -> _Folder | None:
+        """List folder `fd` (taking ownership of the descriptor)."""
+        try:
+            st = os.fstat(fd)
+            with os.scandir(fd) as iterator:
+                names = sorted((entry.name for entry in iterator), reverse=True)  # popped from the end
         except OSError as error:
+            os.close(fd)
             self.warn(f"cannot read folder {path}: {error.strerror or error}")
             return None
-        before = self.previous_entries(previous)
-        nodes = []
-        for name in names:
-            child = f"{path}/{name}" if path != "/" else f"/{name}"
-            earlier = before.get(name)
-            node = earlier if self._unchanged(child, earlier) else self.scan_entry(child, name, source, earlier)
-            if node is not None:
-                nodes.append(node)
-        present = {node.name for node in nodes}
-        for name, gone in before.items():
+        return _Folder(fd, path, name, relative, st, self.previous_entries(previous), names, whole)
+
+    def _finish(self, folder: _Folder) -> Node:
+        present = {node.name for node in folder.nodes}
+        for name, gone in folder.before.items():
             if name not in present:
                 self._count_removed(gone)
-        return self.store_tree(nodes)
+        self.counts.dirs += 1
+        st = folder.st
+        return Node(folder.name, "dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid,
+                    subtree=self.store_tree(folder.nodes))
 
-    def scan_entry(self, path: str, name: str, source: str, previous: Node | None) -> Node | None:
+    def _entry(self, folder: _Folder, name: str) -> Node | _Folder | None:
+        """The node of one entry of `folder`, or the folder to walk next."""
+        path = f"{folder.path}/{name}" if folder.path != "/" else f"/{name}"
+        previous = folder.before.get(name)
+        whole = folder.whole
+        if not whole and self.changed is not None:
+            if previous is not None and not self.changed.on_way_or_changed(path):
+                return previous  # an event-driven run: untouched since the previous snapshot
+            whole = path in self.changed.paths
         try:
-            st = os.lstat(path)
+            st = os.lstat(name, dir_fd=folder.fd)
         except FileNotFoundError:
             return None  # deleted since the folder was listed: it is simply not in this snapshot
         except OSError as error:
             self.warn(f"cannot read {path}: {error.strerror or error}")
             return None
         is_dir = stat.S_ISDIR(st.st_mode)
-        if self.excluder.excluded(path, os.path.relpath(path, source), is_dir):
+        relative = f"{folder.relative}/{name}" if folder.relative else name
+        if self.excluder.excluded(path, relative, is_dir):
             return None
         if is_dir:
-            return self.dir_node(path, name, st, source, previous)
+            if previous is not None and previous.kind != "dir":
+                self._count_removed(previous)
+                previous = None
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=folder.fd)
+            except FileNotFoundError:
+                return None
+            except OSError as error:
+                if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                    self.warn(f"cannot read folder {path}: it became a symlink or a file while being read "
+                              "(not followed)")
+                else:
+                    self.warn(f"cannot read folder {path}: {error.strerror or error}")
+                return None
+            return self._open(fd, path, name, relative, previous, whole)
         if stat.S_ISLNK(st.st_mode):
             try:
-                target = os.readlink(path)
+                target = os.readlink(name, dir_fd=folder.fd)
             except OSError as error:
                 self.warn(f"cannot read link {path}: {error.strerror or error}")
                 return None
             return self._classify(Node(name, "symlink", stat.S_IMODE(st.st_mode), st.st_mtime_ns,
                                        st.st_uid, st.st_gid, target=target), previous)
         if stat.S_ISREG(st.st_mode):
-            return self.file_node(path, name, st, previous)
+            return self.file_node(folder.fd, path, name, st, previous)
         log.info("skipping %s: not a file, folder or symlink", path)
         return None
 
-    def dir_node(self, path: str, name: str, st: os.stat_result, source: str, previous: Node | None) -> Node | None:
-        if previous is not None and previous.kind != "dir":
-            self._count_removed(previous)
-            previous = None
-        subtree = self.scan_dir(path, source, previous)
-        if subtree is None:
-            return None
-        self.counts.dirs += 1
-        return Node(name, "dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid, subtree=subtree)
-
-    def file_node(self, path: str, name: str, st: os.stat_result, previous: Node | None) -> Node | None:
+    def file_node(self, dir_fd: int, path: str, name: str, st: os.stat_result, previous: Node | None) -> Node | None:
         key = os.fsencode(path)
         state = file_state(st)
         chunks = self.cache.lookup_file(key, state)
@@ -225,12 +349,11 @@ class _Run:
             self.cache.touch_file(key, self.generation)
         else:
             try:
-                result = self.reader.read(path, self._store_chunk)
+                result = self.reader.read(name, self._store_chunk, dir_fd)
             except FileNotFoundError:
                 return None
             except ChangedWhileReading as error:
-                self.warn(f"not stored: {path} {error}")
-                return None
+                return self._keep_previous(path, previous, str(error))
             except OSError as error:
                 self.warn(f"cannot read {path}: {error.strerror or error}")
                 return None
@@ -241,6 +364,16 @@ class _Run:
         node = Node(name, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid,
                     size=st.st_size, content=tuple(chunks))
         return self._classify(node, previous)
+
+    def _keep_previous(self, path: str, previous: Node | None, why: str) -> Node | None:
+        """A file that never stayed still for a whole read keeps the version the parent snapshot
+        has (marked in the snapshot); without one it is not stored."""
+        if previous is None or previous.kind != "file":
+            self.warn(f"not stored: {path} {why}")
+            return None
+        self.warn(f"kept the previous version of {path}: it {why}")
+        self.kept_previous.append(path)
+        return self._classify(previous, previous)
 
     def _classify(self, node: Node, previous: Node | None) -> Node:
         """Count a file or symlink against the previous snapshot."""
@@ -276,16 +409,13 @@ def _ancestor(run: _Run, path: str, name: str, rests: list[str], previous: Node 
     if "" in rests:  # `path` is a source
         if run._unchanged(path, previous):
             return previous
-        try:
-            st = os.stat(path)  # a source given as a symlink to a folder is backed up as that folder
-        except OSError as error:
-            run.warn(f"cannot read source {path}: {error.strerror or error}")
-            return None
-        return run.dir_node(path, name, st, path, previous)
+        return _source(run, path, name, previous)
     try:
         st = os.stat(path)
     except OSError as error:
-        run.warn(f"cannot read source {path}: {error.strerror or error}")
+        for source in (f"{path}/{rest}" for rest in rests):
+            run.warn(f"cannot read source {source}: {path}: {error.strerror or error}")
+            run.lost_sources.append(source)
         return None
     before = run.previous_entries(previous)
     nodes = []
@@ -299,6 +429,27 @@ def _ancestor(run: _Run, path: str, name: str, rests: list[str], previous: Node 
     # a new snapshot.
     mtime_ns = previous.mtime_ns if previous is not None and previous.kind == "dir" else st.st_mtime_ns
     return Node(name, "dir", stat.S_IMODE(st.st_mode), mtime_ns, st.st_uid, st.st_gid, subtree=tree)
+
+
+def _source(run: _Run, path: str, name: str, previous: Node | None) -> Node | None:
+    """Walk one source. One that cannot be opened, or is empty where the parent snapshot had
+    content (an unmounted disk), is a warning and marks the snapshot: it is no ground for retention."""
+    try:
+        fd = open_source(run.real_sources.get(path, path))
+    except OSError as error:
+        linked = error.errno in (errno.ELOOP, errno.ENOTDIR)
+        why = "it, or a folder on its way, is now a symlink or a file (not followed)" if linked else error.strerror
+        run.warn(f"cannot read source {path}: {why or error}")
+        run.lost_sources.append(path)
+        return None
+    node = run.scan_source(fd, path, name, previous)
+    if node is None:
+        run.lost_sources.append(path)
+    elif node.subtree == EMPTY_TREE and (path in run.parent_lost or (
+            previous is not None and previous.kind == "dir" and previous.subtree != EMPTY_TREE)):
+        run.warn(f"source {path} is empty where an earlier snapshot has content (a disk not mounted?)")
+        run.lost_sources.append(path)
+    return node
 
 
 def find_parent(repository: Repository, host: str, sources: tuple[str, ...], now: datetime
@@ -340,6 +491,15 @@ def _summary(run: _Run, parent: Snapshot | None, writer: BlobWriter, started: fl
     )
 
 
+def _incomplete(run: _Run, parent: Snapshot | None) -> Incomplete:
+    """This run's marks, and those of the parent on paths an event-driven run did not look at."""
+    sources, kept = list(run.lost_sources), list(run.kept_previous)
+    if run.changed is not None and parent is not None:
+        sources += [path for path in parent.incomplete.sources if path not in sources and not run.changed.touches(path)]
+        kept += [path for path in parent.incomplete.kept_previous if not run.changed.touches(path)]
+    return Incomplete(tuple(sources), tuple(sorted(kept)))
+
+
 def run_backup(
     repository: Repository,
     options: BackupOptions,
@@ -361,7 +521,7 @@ def run_backup(
         log.info("walking every source: snapshot %s is not the last this host recorded", parent.id)
     changes = ChangedPaths(changed) if changed is not None and trusted else None
     writer = repository.writer()
-    run = _Run(repository, writer, options, progress or Progress(), stop, changes)
+    run = _Run(repository, writer, options, progress or Progress(), stop, changes, parent)
     try:
         previous_root = {node.name: node for node in repository.load_tree(parent.tree)} if parent else {}
         nodes = []
@@ -382,7 +542,7 @@ def run_backup(
             repository.record_snapshot(options.host, sources, parent.id)
         return BackupResult(None, summary, parent, run.warnings, changes is None)
     snapshot = Snapshot(new_snapshot_id(moment), moment, options.host, sources, root,
-                        parent.id if parent else None, summary)
+                        parent.id if parent else None, summary, _incomplete(run, parent))
     repository.confirm_stored(writer)
     repository.record_snapshot(options.host, sources, snapshot.id)
     repository.save_snapshot(snapshot)

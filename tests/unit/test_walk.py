@@ -1,0 +1,79 @@
+"""The walk: few folders kept open, back only into the very folders it left; marks carried forward."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import backup, keep_growing, make_tree, open_repository
+from watcher.actions import backup as backup_module
+
+
+def walk_with_a_move(source: Path, moves: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Back up `source` keeping 2 folders open below it; while the walk is at the bottom of
+    a/b/c/d (so "a" is closed), make `moves`. Returns the paths stored."""
+    monkeypatch.setattr(backup_module, "OPEN_FOLDERS", 2)
+    real_lstat = os.lstat
+
+    def lstat_then_move(path, *args, **kwargs):
+        result = real_lstat(path, *args, **kwargs)
+        if path == "file.txt" and (source / "a/b").exists():
+            for old, new in moves:
+                os.rename(source / old, source / new)
+        return result
+
+    monkeypatch.setattr(os, "lstat", lstat_then_move)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    repository = open_repository()
+    result = backup(repository, source)
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert result.snapshot is not None
+    stored, pending = [], [("", result.snapshot.tree)]
+    while pending:
+        prefix, tree = pending.pop()
+        for node in repository.load_tree(tree):
+            stored.append(f"{prefix}/{node.name}")
+            if node.subtree:
+                pending.append((f"{prefix}/{node.name}", node.subtree))
+    return [path[len(str(source)) + 1:] for path in stored if path.startswith(str(source) + "/")] + result.warnings
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "src", {"a/b/c/d/file.txt": "deep", "a/z.txt": "after b", "other/": "/"})
+
+
+def test_a_closed_folder_is_reopened_by_name_when_its_child_moved_out(source, monkeypatch):
+    stored = walk_with_a_move(source, [("a/b", "other/b")], monkeypatch)
+    assert "a/z.txt" in stored and "a/b/c/d/file.txt" in stored
+    assert not any("moved" in line for line in stored)
+
+
+def test_a_closed_folder_that_moved_away_is_not_stored_in_the_wrong_place(source, monkeypatch):
+    stored = walk_with_a_move(source, [("a/b", "other/b"), ("a", "gone")], monkeypatch)
+    assert f"cannot read folder {source}/a: it moved while being read" in stored
+    assert not any(path.startswith("a/") for path in stored)
+
+
+def test_a_kept_previous_version_stays_marked_until_the_file_is_read_again(tmp_path, monkeypatch):
+    source = make_tree(tmp_path / "src", {"busy.log": "first", "calm.txt": "y"})
+    repository = open_repository(state_dir=tmp_path / "state")  # its record makes the later run event-driven
+    backup(repository, source)
+    (source / "busy.log").write_text("second, never read whole")
+    (source / "calm.txt").write_text("y2")  # a snapshot is saved (the kept file alone is no change)
+    keep_growing(monkeypatch, source / "busy.log")
+    kept = backup(repository, source)
+    monkeypatch.undo()
+    busy = f"{source}/busy.log"
+    assert kept.snapshot is not None and kept.snapshot.incomplete.kept_previous == (busy,)
+    assert any(f"kept the previous version of {busy}" in warning for warning in kept.warnings)
+    (source / "calm.txt").write_text("z")
+    options = backup_module.BackupOptions((source,), host="test")
+    by_events = backup_module.run_backup(repository, options, changed=[str(source / "calm.txt")])
+    assert not by_events.full_scan
+    assert by_events.snapshot is not None and by_events.snapshot.incomplete.kept_previous == (busy,)
+    full = backup(repository, source)
+    assert full.snapshot is not None and full.snapshot.incomplete.kept_previous == ()
