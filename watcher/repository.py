@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ FORMAT_NAME = "watcher-repository"
 FORMAT_VERSION = 1
 INDEX_EVERY_PACKS = 8
 UPLOAD_QUEUE = 2
+# What `open` creates: it names the local cache's folder, so nothing else may pass (no `..`, no `/`).
+REPOSITORY_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,11 @@ class RepoConfig:
                 )
             if document.get("encryption", "none") != "none" or document.get("compression", "none") != "none":
                 raise RepositoryError("this repository uses encryption or compression this watcher cannot read")
+            repository_id = document["id"]
+            if not isinstance(repository_id, str) or not REPOSITORY_ID.fullmatch(repository_id):
+                raise RepositoryError(f"repository config: the id {str(repository_id)[:40]!r} is not 32 hex digits")
             chunker = {k: v for k, v in document["chunker"].items() if k != "algorithm"}
-            return cls(str(document["id"]), ChunkerParams(**chunker), int(document["pack_size"]))
+            return cls(repository_id, ChunkerParams(**chunker), int(document["pack_size"]))
         except (ValueError, KeyError, TypeError) as error:
             raise IntegrityError(f"repository config cannot be read: {error}") from error
 
