@@ -12,21 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_cli import Runner, make_tree
-from tests.unit.test_config import base_env
+from tests.unit import test_cli
 
-
-@pytest.fixture
-def paths(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    make_tree(src)
-    return {"src": str(src), "tmp": str(tmp_path), "repo": str(tmp_path / "repo")}
-
-
-@pytest.fixture
-def run(capsys, paths):
-    return Runner(capsys, {**base_env(paths), "BACKUP_HOST": "test-host"})
+paths, run = test_cli.paths, test_cli.run  # the CLI tests' fixtures: a source tree backed up by `run`
 
 
 def one_error(err: str) -> str:
