@@ -39,6 +39,14 @@ INDEX_EVERY_PACKS = 8
 UPLOAD_QUEUE = 2
 # What `open` creates: it names the local cache's folder, so nothing else may pass (no `..`, no `/`).
 REPOSITORY_ID = re.compile(r"[0-9a-f]{32}")
+# The most bytes read for each kind of object (docs/FORMAT.md, "Limits"): the server is not
+# trusted, and an object that never ends must not fill memory. A pack is read up to the size its
+# index records, which may not exceed PACK_LIMIT (packs are about `pack_size`, 16 MiB, and exceed
+# it by one blob at most); one index may name every pack (after `forget`): about 110 bytes a blob.
+CONFIG_LIMIT = 64 * 1024
+SNAPSHOT_LIMIT = 16 * 1024 * 1024
+INDEX_LIMIT = 1024 * 1024 * 1024
+PACK_LIMIT = 2 * 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,7 @@ class Repository:
     def open(self, *, create: bool = False, pack_size: int = PACK_TARGET) -> None:
         """Read the repository config, creating the repository if `create` and none exists."""
         try:
-            data = self.backend.get_bytes("config")
+            data = self.backend.get_bytes("config", CONFIG_LIMIT)
         except NotFoundError:
             if not create:
                 raise RepositoryError(f"no repository at {self.backend.describe()} (run a backup first)") from None
@@ -151,7 +159,7 @@ class Repository:
     def _read_index(self, index_id: str) -> bytes:
         data = self.cache.get_blob(index_id)
         if data is None:
-            data = self.backend.get_bytes(f"index/{index_id}")
+            data = self.backend.get_bytes(f"index/{index_id}", INDEX_LIMIT)
             if digest(data) != index_id:
                 raise IntegrityError(f"index {index_id[:12]} does not match its hash")
             self.cache.put_blob(index_id, "index", data)
@@ -175,11 +183,30 @@ class Repository:
     def has_blob(self, blob_id: str) -> bool:
         return blob_id in self.blobs
 
-    def read_blob(self, blob_id: str) -> bytes:
-        """A blob's content, verified against its id."""
+    def pack_size(self, pack_id: str) -> int:
+        """The size the index records for a pack: the most ever read of it."""
+        size = self.packs.get(pack_id, 0)
+        if size > PACK_LIMIT:
+            raise IntegrityError(f"pack {pack_id[:12]}: the index says {size} bytes, more than a pack may hold")
+        return size
+
+    def locate(self, blob_id: str) -> BlobEntry:
+        """Where a blob is: see `placed`."""
         entry = self.blobs.get(blob_id)
         if entry is None:
             raise IntegrityError(f"blob {blob_id[:12]} is in no index")
+        return self.placed(entry)
+
+    def placed(self, entry: BlobEntry) -> BlobEntry:
+        """`entry`, refused unless it lies within its pack as the index records it (a declared
+        length of 10^15 must not become a read, nor an allocation, of that size)."""
+        if entry.offset + entry.length > self.pack_size(entry.pack):
+            raise IntegrityError(f"blob {entry.id[:12]}: the index places it beyond the end of pack {entry.pack[:12]}")
+        return entry
+
+    def read_blob(self, blob_id: str) -> bytes:
+        """A blob's content, verified against its id."""
+        entry = self.locate(blob_id)
         with self.lock:
             stored = self.backend.read_range(pack_key(entry.pack), entry.offset, entry.length)
         return bytes(decode_blob(stored, entry))
@@ -193,8 +220,9 @@ class Repository:
 
     def read_pack(self, pack_id: str, *, verify: bool = True) -> bytes:
         """A whole pack; `verify=False` skips the pack's hash when every blob taken from it is checked."""
+        limit = self.pack_size(pack_id)
         with self.lock:
-            data = self.backend.get_bytes(pack_key(pack_id))
+            data = self.backend.get_bytes(pack_key(pack_id), limit)
         if verify and digest(data) != pack_id:
             raise IntegrityError(f"pack {pack_id[:12]} does not match its hash")
         return data
@@ -209,7 +237,7 @@ class Repository:
         data = self.cache.get_snapshot(snapshot_id) if cached else None
         if data is None:
             try:
-                data = self.backend.get_bytes(f"snapshots/{snapshot_id}")
+                data = self.backend.get_bytes(f"snapshots/{snapshot_id}", SNAPSHOT_LIMIT)
             except NotFoundError:
                 raise SnapshotNotFoundError(f"snapshot {snapshot_id} not found") from None
             self.cache.put_snapshot(snapshot_id, data)

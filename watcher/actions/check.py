@@ -41,6 +41,12 @@ def _check_packs(repository: Repository, result: CheckResult) -> set[str]:
             result.problems.append(f"pack {pack_id} is missing")
         elif stored[pack_id] != size:
             result.problems.append(f"pack {pack_id} has {stored[pack_id]} bytes, the index says {size}")
+    for _pack, entries in sorted(repository.pack_blobs.items()):
+        try:
+            for entry in entries:
+                repository.placed(entry)
+        except IntegrityError as error:  # one line per pack is enough
+            result.problems.append(str(error))
     result.unindexed_packs = len(stored.keys() - repository.packs.keys())
     result.packs = len(stored)
     return set(stored) & set(repository.packs)

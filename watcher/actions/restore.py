@@ -173,9 +173,7 @@ class _BlobSource:
         self.prefetcher.close()
 
     def get(self, blob_id: str) -> bytes | memoryview:
-        entry = self.repository.blobs.get(blob_id)
-        if entry is None:
-            raise IntegrityError(f"blob {blob_id[:12]} is in no index")
+        entry = self.repository.locate(blob_id)
         data = self.packs.get(entry.pack)
         if data is not None:
             self.packs.move_to_end(entry.pack)
