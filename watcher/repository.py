@@ -47,6 +47,11 @@ CONFIG_LIMIT = 64 * 1024
 SNAPSHOT_LIMIT = 16 * 1024 * 1024
 INDEX_LIMIT = 1024 * 1024 * 1024
 PACK_LIMIT = 2 * 1024 * 1024 * 1024
+# How many entries a snapshot's tree may expand to: twice what its summary records (event-driven
+# runs record only the folders they walked) and a margin, never more than MAX_ENTRIES. Trees name
+# subtrees by id, so 48 KB of trees can name one subtree 2^40 times over.
+ENTRIES_MARGIN = 1_000_000
+MAX_ENTRIES = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class Repository:
         self.indexes: set[str] = set()
         self.last_index = ""
         self.decoded: dict[str, Snapshot] = {}  # snapshot documents never change: decode each once
+        self.entry_counts: dict[str, int] = {}  # tree id -> entries below it (trees never change either)
         self.lock = threading.RLock()
 
     # -- opening -----------------------------------------------------------------------------
@@ -210,6 +216,23 @@ class Repository:
         with self.lock:
             stored = self.backend.read_range(pack_key(entry.pack), entry.offset, entry.length)
         return bytes(decode_blob(stored, entry))
+
+    def check_expansion(self, snapshot: Snapshot, tree_id: str | None = None) -> None:
+        """Refuse, before walking it, a snapshot whose tree (or the subtree `tree_id` of it)
+        expands to more entries than it may hold; each distinct tree is loaded once here."""
+        problem = expansion_problem(snapshot, count_entries(self._children, tree_id or snapshot.tree,
+                                                            self.entry_counts))
+        if problem:
+            raise IntegrityError(problem)
+
+    def _children(self, tree_id: str) -> tuple[int, list[str]]:
+        """A tree's number of entries and its folders' trees; a tree that cannot be read counts
+        as empty here: the walk that needs it reports it (and a restore goes on without it)."""
+        try:
+            nodes = self.load_tree(tree_id)
+        except (IntegrityError, NotFoundError):
+            return 0, []
+        return len(nodes), [node.subtree for node in nodes if node.kind == "dir" and node.subtree]
 
     def load_tree(self, tree_id: str) -> list[Node]:
         data = self.cache.get_blob(tree_id)
@@ -407,9 +430,48 @@ class BlobWriter:
 
 
 def iter_tree(repository: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str, Node]]:
-    """Every entry below a tree, depth first, with its absolute path."""
-    for node in repository.load_tree(tree_id):
-        path = f"{prefix}/{node.name}"
+    """Every entry below a tree, depth first, with its absolute path; iterative, so any depth
+    walks. Unbounded by itself: callers check the snapshot's expansion first."""
+    stack = [(prefix, iter(repository.load_tree(tree_id)))]
+    while stack:
+        where, nodes = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = f"{where}/{node.name}"
         yield path, node
         if node.kind == "dir" and node.subtree:
-            yield from iter_tree(repository, node.subtree, path)
+            stack.append((path, iter(repository.load_tree(node.subtree))))
+
+
+def count_entries(children: Callable[[str], tuple[int, list[str]]], tree_id: str, counts: dict[str, int]) -> int:
+    """The entries below `tree_id`, a subtree counted as often as it is named, with each distinct
+    tree asked of `children` (its entry count and its folders' trees) once; `counts` memoizes."""
+    stack = [tree_id]
+    pending: dict[str, tuple[int, list[str]]] = {}
+    while stack:
+        tree = stack[-1]
+        if tree in counts:
+            stack.pop()
+        elif tree not in pending:
+            pending[tree] = children(tree)
+            stack.extend(subtree for subtree in pending[tree][1] if subtree not in counts)
+        else:
+            size, subtrees = pending.pop(tree)
+            if any(subtree not in counts for subtree in subtrees):
+                raise IntegrityError(f"tree {tree[:12]} contains itself")
+            counts[tree] = size + sum(counts[subtree] for subtree in subtrees)
+            stack.pop()
+    return counts[tree_id]
+
+
+def expansion_problem(snapshot: Snapshot, entries: int) -> str | None:
+    """Why a snapshot whose tree expands to `entries` entries is refused, or None."""
+    summary = snapshot.summary
+    recorded = sum(count for count in (summary.files, summary.dirs) if isinstance(count, int) and count > 0)
+    limit = min(MAX_ENTRIES, 2 * recorded + ENTRIES_MARGIN)
+    if entries <= limit:
+        return None
+    return (f"snapshot {snapshot.id}: its trees expand to {entries} entries, more than the {limit} it may "
+            f"hold (its summary records {summary.files} files and {summary.dirs} folders); not walked")

@@ -10,14 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.unit import test_cli
+from watcher import repository as repository_module
+from watcher.backends.local import LocalBackend
+from watcher.repository import Repository
+from watcher.snapshot import Node, Snapshot, Summary, digest, encode_tree, new_snapshot_id
 
 paths, run = test_cli.paths, test_cli.run  # the CLI tests' fixtures: a source tree backed up by `run`
 
@@ -138,3 +144,145 @@ def test_an_object_that_never_ends_is_not_read_forever(run, paths, tmp_path, wha
             assert code == 1, (argv, out, err)  # damaged (a linked snapshot is simply not there)
         if code and argv[0] != "restore":
             assert out.startswith("damaged: ") or one_error(err), (argv, out, err)
+
+
+# -- item 9: trees that name one subtree many times ------------------------------------------
+
+
+def save_crafted_snapshot(repo: Path, top: str, writer_trees: list[bytes], summary: Summary) -> str:
+    """Store `writer_trees` (tree documents) as a writer would, and a snapshot of tree `top`."""
+    repository = Repository(LocalBackend(repo), None)
+    repository.open()
+    repository.load_index()
+    writer = repository.writer()
+    for data in writer_trees:
+        writer.add(digest(data), "tree", data)
+    writer.finish()
+    moment = datetime.now(UTC)
+    snapshot = Snapshot(new_snapshot_id(moment), moment, "test-host", ("/crafted",), top, None, summary)
+    repository.save_snapshot(snapshot)
+    repository.close()
+    return snapshot.id
+
+
+def folder(name: str, subtree: str) -> Node:
+    return Node(name, "dir", 0o755, 1_600_000_000_000_000_000, subtree=subtree)
+
+
+def doubling_trees(levels: int) -> tuple[str, list[bytes]]:
+    """`levels` trees of about 300 bytes, each naming the one below twice: 2^(levels+1) - 2 entries."""
+    trees = [encode_tree([])]
+    for _ in range(levels):
+        below = digest(trees[-1])
+        trees.append(encode_tree([folder("a", below), folder("b", below)]))
+    return digest(trees[-1]), trees
+
+
+SUMMARIES = {"no counts": Summary(), "a plausible summary": Summary(files=7, dirs=5),
+             "a summary that claims 2**50 files": Summary(files=2**50, dirs=2**50)}
+
+
+@pytest.fixture(params=sorted(SUMMARIES))
+def bomb(request, run, paths) -> tuple[str, str]:
+    """(the good snapshot's id, the id of one whose 48 KB of trees expand to 2^41 entries)."""
+    run.ok("backup")
+    [good] = run.snapshot_ids()
+    top, trees = doubling_trees(40)
+    return good, save_crafted_snapshot(Path(paths["repo"]), top, trees, SUMMARIES[request.param])
+
+
+@pytest.mark.parametrize("argv", [["ls", "{bomb}"], ["ls", "--json", "{bomb}", "/a/b/a"], ["diff", "{good}", "{bomb}"],
+                                  ["diff", "{bomb}", "{good}"], ["restore", "{bomb}", "--to", "{to}"]],
+                         ids=["ls", "ls-path", "diff-added", "diff-removed", "restore"])
+def test_a_tree_that_expands_without_bound_is_refused_before_walking_it(run, tmp_path, bomb, argv):
+    good, bad = bomb
+    argv = [part.format(good=good, bomb=bad, to=tmp_path / "to") for part in argv]
+    code, out, err = bounded(run, *argv, seconds=30, memory=768 << 20)
+    assert code == 1 and out == "", (out[:500], err)
+    assert f"snapshot {bad}" in one_error(err) and "entries" in err
+    assert not (tmp_path / "to").exists() or not any((tmp_path / "to").iterdir())
+
+
+def test_check_calls_a_tree_that_expands_without_bound_damaged(run, bomb):
+    good, bad = bomb
+    code, out, _err = bounded(run, "check", seconds=30, memory=768 << 20)
+    assert code == 1
+    damaged = [line for line in out.splitlines() if line.startswith("damaged: ")]
+    assert len(damaged) == 1 and f"snapshot {bad}" in damaged[0], out
+    assert good not in out
+
+
+def test_many_identical_folders_are_walked_as_they_are(run, paths, tmp_path, monkeypatch):
+    """Legitimate snapshots name one subtree many times (copies of a folder, empty folders): the
+    bound comes from the snapshot's own counts, so they pass even without the margin."""
+    monkeypatch.setattr(repository_module, "ENTRIES_MARGIN", 8)
+    src = Path(paths["src"])
+    for number in range(60):
+        (src / "copies" / f"c{number}" / "inner").mkdir(parents=True)
+        (src / "copies" / f"c{number}" / "same.txt").write_text("same\n")
+        (src / "copies" / f"c{number}" / "inner" / "also.txt").write_text("also\n")
+        (src / "empties" / f"e{number}").mkdir(parents=True)
+    run.ok("backup")
+    [first] = run.snapshot_ids()
+    listed = run.ok("ls", "latest").splitlines()
+    assert sum(f"{paths['src']}/copies/c" in line and line.endswith("/inner/also.txt") for line in listed) == 60
+    assert "sound" in run.ok("check")
+    (src / "copies" / "c7" / "same.txt").write_text("changed\n")
+    run.ok("backup")
+    assert run.ok("diff", first, "latest").splitlines() == [f"M {paths['src']}/copies/c7/same.txt",
+                                                           "0 added, 0 removed, 1 changed"]
+    run.ok("restore", "latest", "--to", str(tmp_path / "to"))
+    restored = tmp_path / "to" / src.relative_to("/")
+    assert test_cli.describe_tree(restored) == test_cli.describe_tree(src)
+
+
+@pytest.fixture
+def many_descriptors():
+    """Restore holds one descriptor per folder level of the path it writes in."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
+    if wanted < 2 * DEPTH:
+        pytest.skip(f"needs {2 * DEPTH} file descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+DEPTH = 1500  # deeper than Python's recursion limit
+
+
+def test_a_deep_tree_is_walked_by_every_command(run, paths, tmp_path, many_descriptors):
+    run.ok("backup")
+    [good] = run.snapshot_ids()
+    content = b"at the bottom\n"
+    trees = [encode_tree([Node("deep.txt", "file", 0o644, 1_600_000_000_000_000_000, size=len(content),
+                               content=(digest(content),))])]
+    for _ in range(DEPTH):
+        trees.append(encode_tree([folder("d", digest(trees[-1]))]))
+    repo = Path(paths["repo"])
+    repository = Repository(LocalBackend(repo), None)
+    repository.open()
+    repository.load_index()
+    writer = repository.writer()
+    writer.add(digest(content), "data", content)
+    writer.finish()
+    repository.close()
+    deep = save_crafted_snapshot(repo, digest(trees[-1]), trees, Summary(files=1, dirs=DEPTH))
+    listed = run.ok("ls", deep).splitlines()
+    assert len(listed) == DEPTH + 1 and listed[-1].endswith("/d" * DEPTH + "/deep.txt")
+    assert run.ok("diff", good, deep).splitlines()[-1].startswith(f"{DEPTH + 1} added, ")
+    assert f" added, {DEPTH + 1} removed, " in run.ok("diff", deep, good)
+    assert "sound" in run.ok("check")
+    try:
+        run.ok("restore", deep, "--to", str(tmp_path / "to"))
+        assert (tmp_path / "to" / ("d/" * DEPTH) / "deep.txt").read_bytes() == content
+    finally:  # shutil.rmtree (pytest's clean-up of old runs) recurses: take the chain apart here
+        bottom = tmp_path / "to"
+        while (bottom / "d").is_dir():
+            bottom /= "d"
+        (bottom / "deep.txt").unlink(missing_ok=True)
+        while bottom != tmp_path:
+            bottom.rmdir()
+            bottom = bottom.parent
+    run.ok("forget")
+    assert "sound" in run.ok("check")
