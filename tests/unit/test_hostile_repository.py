@@ -22,7 +22,7 @@ import pytest
 from tests.unit import test_cli
 from watcher import repository as repository_module
 from watcher.backends.local import LocalBackend
-from watcher.repository import Repository
+from watcher.repository import Repository, iter_tree
 from watcher.snapshot import Node, Snapshot, Summary, digest, encode_tree, new_snapshot_id
 
 paths, run = test_cli.paths, test_cli.run  # the CLI tests' fixtures: a source tree backed up by `run`
@@ -95,13 +95,23 @@ def fresh_state(run, tmp_path: Path) -> dict[str, str]:
     return {**run.env, "BACKUP_STATE_DIR": str(tmp_path / "fresh-state")}
 
 
-@pytest.mark.parametrize("blob", ["root tree", "file content"])
+def subtree_of(repo: Path, tree: str, path: str) -> str:
+    repository = Repository(LocalBackend(repo), None)
+    repository.open()
+    repository.load_index()
+    [node] = [node for where, node in iter_tree(repository, tree) if where == path]
+    repository.close()
+    return node.subtree
+
+
+@pytest.mark.parametrize("blob", ["root tree", "a folder's tree", "file content"])
 def test_a_declared_length_beyond_the_pack_is_refused(run, paths, tmp_path, blob):
     run.ok("backup")
     repo = Path(paths["repo"])
     hello = hashlib.sha256(Path(paths["src"], "a.txt").read_bytes()).hexdigest()
     root = json.loads(run.ok("snapshots", "--json"))[0]["tree"]
-    wanted = root if blob == "root tree" else hello
+    sub = subtree_of(repo, root, f"{paths['src']}/sub")
+    wanted = {"root tree": root, "file content": hello, "a folder's tree": sub}[blob]
 
     def declare_a_huge_length(document: dict) -> None:
         rows = [row for pack in document["packs"] for row in pack["blobs"] if row[0] == wanted]
@@ -118,9 +128,10 @@ def test_a_declared_length_beyond_the_pack_is_refused(run, paths, tmp_path, blob
     if blob == "root tree":
         assert "beyond the end of pack" in one_error(err)
     else:  # the other files are restored
-        assert f"failed: {paths['src']}/a.txt: blob {hello[:12]}" in out, out
+        failed = "sub" if blob == "a folder's tree" else "a.txt"
+        assert f"failed: {paths['src']}/{failed}: blob {wanted[:12]}" in out, out
         restored = tmp_path / "restored" / Path(paths["src"]).relative_to("/")
-        assert (restored / "sub" / "b.bin").read_bytes() == Path(paths["src"], "sub", "b.bin").read_bytes()
+        assert (restored / "run.sh").read_bytes() == Path(paths["src"], "run.sh").read_bytes()
 
 
 KEYS = {"pack": "packs", "index": "index", "snapshot": "snapshots"}
