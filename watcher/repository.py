@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +54,22 @@ STAT_PACKS_AT_MOST = 256  # more packs written: one listing of packs/ is cheaper
 
 class PacksRemovedError(RepositoryError, TransientError):
     """A `forget` removed data a running backup relies on; the next attempt reads the index again."""
+
+# What `open` creates: it names the local cache's folder, so nothing else may pass (no `..`, no `/`).
+REPOSITORY_ID = re.compile(r"[0-9a-f]{32}")
+# The most bytes read for each kind of object (docs/FORMAT.md, "Limits"): the server is not
+# trusted, and an object that never ends must not fill memory. A pack is read up to the size its
+# index records, which may not exceed PACK_LIMIT (packs are about `pack_size`, 16 MiB, and exceed
+# it by one blob at most); one index may name every pack (after `forget`): about 110 bytes a blob.
+CONFIG_LIMIT = 64 * 1024
+SNAPSHOT_LIMIT = 16 * 1024 * 1024
+INDEX_LIMIT = 1024 * 1024 * 1024
+PACK_LIMIT = 2 * 1024 * 1024 * 1024
+# How many entries a snapshot's tree may expand to: twice what its summary records (event-driven
+# runs record only the folders they walked) and a margin, never more than MAX_ENTRIES. Trees name
+# subtrees by id, so 48 KB of trees can name one subtree 2^40 times over.
+ENTRIES_MARGIN = 1_000_000
+MAX_ENTRIES = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -116,8 +133,11 @@ class RepoConfig:
                 )
             if document.get("encryption", "none") != "none" or document.get("compression", "none") != "none":
                 raise RepositoryError("this repository uses encryption or compression this watcher cannot read")
+            repository_id = document["id"]
+            if not isinstance(repository_id, str) or not REPOSITORY_ID.fullmatch(repository_id):
+                raise RepositoryError(f"repository config: the id {str(repository_id)[:40]!r} is not 32 hex digits")
             pack_size = fields.integer(document["pack_size"], "pack_size", 1, PACK_SIZE_MAX)
-            return cls(str(document["id"]), _chunker_from_json(document["chunker"]), pack_size)
+            return cls(repository_id, _chunker_from_json(document["chunker"]), pack_size)
         except (ValueError, KeyError) as error:
             raise IntegrityError(f"repository config cannot be read: {fields.reason(error)}") from error
 
@@ -141,6 +161,7 @@ class Repository:
         self.last_index = ""
         self.decoded: dict[str, Snapshot] = {}  # snapshot documents never change: decode each once
         self.unreadable: dict[str, str] = {}  # snapshot id -> why it cannot be read, as last listed
+        self.entry_counts: dict[str, int] = {}  # tree id -> entries below it (trees never change either)
         self.lock = threading.RLock()
         self.temporaries_swept: float | None = None  # when `forget` last looked for left-over uploads
 
@@ -149,7 +170,7 @@ class Repository:
     def open(self, *, create: bool = False, pack_size: int = PACK_TARGET) -> None:
         """Read the repository config, creating the repository if `create` and none exists."""
         try:
-            data = self.backend.get_bytes("config")
+            data = self.backend.get_bytes("config", CONFIG_LIMIT)
         except NotFoundError:
             if not create:
                 raise RepositoryError(f"no repository at {self.backend.describe()} (run a backup first)") from None
@@ -182,7 +203,7 @@ class Repository:
     def _read_index(self, index_id: str) -> bytes:
         data = self.cache.get_blob(index_id)
         if data is None:
-            data = self.backend.get_bytes(f"index/{index_id}")
+            data = self.backend.get_bytes(f"index/{index_id}", INDEX_LIMIT)
             if digest(data) != index_id:
                 raise IntegrityError(f"index {index_id[:12]} does not match its hash")
             self.cache.put_blob(index_id, "index", data)
@@ -214,14 +235,50 @@ class Repository:
     def has_blob(self, blob_id: str) -> bool:
         return blob_id in self.blobs
 
-    def read_blob(self, blob_id: str) -> bytes:
-        """A blob's content, verified against its id."""
+    def pack_size(self, pack_id: str) -> int:
+        """The size the index records for a pack: the most ever read of it."""
+        size = self.packs.get(pack_id, 0)
+        if size > PACK_LIMIT:
+            raise IntegrityError(f"pack {pack_id[:12]}: the index says {size} bytes, more than a pack may hold")
+        return size
+
+    def locate(self, blob_id: str) -> BlobEntry:
+        """Where a blob is: see `placed`."""
         entry = self.blobs.get(blob_id)
         if entry is None:
             raise IntegrityError(f"blob {blob_id[:12]} is in no index")
+        return self.placed(entry)
+
+    def placed(self, entry: BlobEntry) -> BlobEntry:
+        """`entry`, refused unless it lies within its pack as the index records it (a declared
+        length of 10^15 must not become a read, nor an allocation, of that size)."""
+        if entry.offset + entry.length > self.pack_size(entry.pack):
+            raise IntegrityError(f"blob {entry.id[:12]}: the index places it beyond the end of pack {entry.pack[:12]}")
+        return entry
+
+    def read_blob(self, blob_id: str) -> bytes:
+        """A blob's content, verified against its id."""
+        entry = self.locate(blob_id)
         with self.lock:
             stored = self.backend.read_range(pack_key(entry.pack), entry.offset, entry.length)
         return bytes(decode_blob(stored, entry))
+
+    def check_expansion(self, snapshot: Snapshot, tree_id: str | None = None) -> None:
+        """Refuse, before walking it, a snapshot whose tree (or the subtree `tree_id` of it)
+        expands to more entries than it may hold; each distinct tree is loaded once here."""
+        problem = expansion_problem(snapshot, count_entries(self._children, tree_id or snapshot.tree,
+                                                            self.entry_counts))
+        if problem:
+            raise IntegrityError(problem)
+
+    def _children(self, tree_id: str) -> tuple[int, list[str]]:
+        """A tree's number of entries and its folders' trees; a tree that cannot be read counts
+        as empty here: the walk that needs it reports it (and a restore goes on without it)."""
+        try:
+            nodes, _bad = self.load_readable_tree(tree_id)
+        except (IntegrityError, NotFoundError):
+            return 0, []
+        return len(nodes), [node.subtree for node in nodes if node.kind == "dir" and node.subtree]
 
     def _tree_data(self, tree_id: str) -> bytes:
         data = self.cache.get_blob(tree_id)
@@ -239,8 +296,9 @@ class Repository:
 
     def read_pack(self, pack_id: str, *, verify: bool = True) -> bytes:
         """A whole pack; `verify=False` skips the pack's hash when every blob taken from it is checked."""
+        limit = self.pack_size(pack_id)
         with self.lock:
-            data = self.backend.get_bytes(pack_key(pack_id))
+            data = self.backend.get_bytes(pack_key(pack_id), limit)
         if verify and digest(data) != pack_id:
             raise IntegrityError(f"pack {pack_id[:12]} does not match its hash")
         return data
@@ -255,7 +313,7 @@ class Repository:
         data = self.cache.get_snapshot(snapshot_id) if cached else None
         if data is None:
             try:
-                data = self.backend.get_bytes(f"snapshots/{snapshot_id}")
+                data = self.backend.get_bytes(f"snapshots/{snapshot_id}", SNAPSHOT_LIMIT)
             except NotFoundError:
                 raise SnapshotNotFoundError(f"snapshot {snapshot_id} not found") from None
             self.cache.put_snapshot(snapshot_id, data)
@@ -550,9 +608,48 @@ class BlobWriter:
 
 
 def iter_tree(repository: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str, Node]]:
-    """Every entry below a tree, depth first, with its absolute path."""
-    for node in repository.load_tree(tree_id):
-        path = f"{prefix}/{node.name}"
+    """Every entry below a tree, depth first, with its absolute path; iterative, so any depth
+    walks. Unbounded by itself: callers check the snapshot's expansion first."""
+    stack = [(prefix, iter(repository.load_tree(tree_id)))]
+    while stack:
+        where, nodes = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            continue
+        path = f"{where}/{node.name}"
         yield path, node
         if node.kind == "dir" and node.subtree:
-            yield from iter_tree(repository, node.subtree, path)
+            stack.append((path, iter(repository.load_tree(node.subtree))))
+
+
+def count_entries(children: Callable[[str], tuple[int, list[str]]], tree_id: str, counts: dict[str, int]) -> int:
+    """The entries below `tree_id`, a subtree counted as often as it is named, with each distinct
+    tree asked of `children` (its entry count and its folders' trees) once; `counts` memoizes."""
+    stack = [tree_id]
+    pending: dict[str, tuple[int, list[str]]] = {}
+    while stack:
+        tree = stack[-1]
+        if tree in counts:
+            stack.pop()
+        elif tree not in pending:
+            pending[tree] = children(tree)
+            stack.extend(subtree for subtree in pending[tree][1] if subtree not in counts)
+        else:
+            size, subtrees = pending.pop(tree)
+            if any(subtree not in counts for subtree in subtrees):
+                raise IntegrityError(f"tree {tree[:12]} contains itself")
+            counts[tree] = size + sum(counts[subtree] for subtree in subtrees)
+            stack.pop()
+    return counts[tree_id]
+
+
+def expansion_problem(snapshot: Snapshot, entries: int) -> str | None:
+    """Why a snapshot whose tree expands to `entries` entries is refused, or None."""
+    summary = snapshot.summary
+    recorded = sum(count for count in (summary.files, summary.dirs) if isinstance(count, int) and count > 0)
+    limit = min(MAX_ENTRIES, 2 * recorded + ENTRIES_MARGIN)
+    if entries <= limit:
+        return None
+    return (f"snapshot {snapshot.id}: its trees expand to {entries} entries, more than the {limit} it may "
+            f"hold (its summary records {summary.files} files and {summary.dirs} folders); not walked")

@@ -15,7 +15,7 @@ from typing import BinaryIO, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from watcher.backends.base import Backend, ObjectInfo, TemporaryInfo
+from watcher.backends.base import DEFAULT_LIMIT, Backend, ObjectInfo, TemporaryInfo
 from watcher.errors import InterruptedRunError, is_transient
 
 log = logging.getLogger(__name__)
@@ -84,17 +84,17 @@ class RetryingBackend(Backend):
         start = source.tell()
         self._call(lambda: self.inner.put(key, source), lambda: source.seek(start))
 
-    def get(self, key: str, sink: BinaryIO) -> None:
+    def get(self, key: str, sink: BinaryIO, limit: int = DEFAULT_LIMIT) -> None:
         start = sink.tell()
 
         def reset() -> None:
             sink.seek(start)
             sink.truncate()
 
-        self._call(lambda: self.inner.get(key, sink), reset)
+        self._call(lambda: self.inner.get(key, sink, limit), reset)
 
-    def get_bytes(self, key: str) -> bytes:
-        return self._call(lambda: self.inner.get_bytes(key))  # the backend may have a faster way
+    def get_bytes(self, key: str, limit: int = DEFAULT_LIMIT) -> bytes:
+        return self._call(lambda: self.inner.get_bytes(key, limit))  # the backend may have a faster way
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         return self._call(lambda: self.inner.read_range(key, offset, length))

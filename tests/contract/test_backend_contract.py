@@ -20,7 +20,7 @@ import pytest
 from watcher.backends.base import Backend, ObjectInfo, temp_name
 from watcher.backends.local import LocalBackend
 from watcher.backends.memory import MemoryBackend
-from watcher.errors import BackendConfigError, NotFoundError
+from watcher.errors import BackendConfigError, IntegrityError, NotFoundError, PermissionDeniedError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,6 +110,32 @@ def backdate(kind: str, backend: Backend) -> Callable[[str, float], None]:
     return backdate_file
 
 
+@pytest.fixture
+def link(kind: str, backend: Backend, request: pytest.FixtureRequest) -> Callable[[str, str], None]:
+    """Makes `name` a symbolic link to `target` on the server's disk: what a hostile user with
+    write access to the repository's folder (or a damaged disk) leaves."""
+    if kind == "memory":
+        pytest.skip("a memory backend holds no links")
+    if kind == "sftp":
+
+        def link_sftp(name: str, target: str) -> None:
+            session = backend._session()  # type: ignore[attr-defined]
+            with contextlib.suppress(OSError):
+                session.mkdir(f"{backend.root}/{os.path.dirname(name)}".rstrip("/"))  # type: ignore[attr-defined]
+            session.symlink(target, f"{backend.root}/{name}")  # type: ignore[attr-defined]
+
+        return link_sftp
+    if kind in ("ftp", "ftps"):
+        request.getfixturevalue(f"{kind}_server").need_local()
+    root = Path(backend.root)  # type: ignore[attr-defined]
+
+    def link_on_disk(name: str, target: str) -> None:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, root / name)
+
+    return link_on_disk
+
+
 class BrokenSource(io.RawIOBase):
     """Gives `good` bytes, then fails as a file that vanished or a disk that died would."""
 
@@ -194,6 +220,31 @@ def test_failed_source_keeps_the_previous_version(backend: Backend) -> None:
         backend.put("config", BrokenSource(payload(700_000)))  # type: ignore[arg-type]
     assert backend.get_bytes("config") == b"old and sound"
     assert [info.key for info in backend.list()] == ["config"]
+
+
+def test_get_refuses_more_than_its_limit(backend: Backend) -> None:
+    data = payload(300_000)
+    backend.put_bytes("big", data)
+    assert backend.get_bytes("big", 300_000) == data
+    with pytest.raises(IntegrityError, match="big"):
+        backend.get_bytes("big", 299_999)
+    sink = io.BytesIO()
+    with pytest.raises(IntegrityError, match="big"):
+        backend.get("big", sink, 1000)
+    assert len(sink.getvalue()) <= 1000
+    assert backend.get_bytes("big") == data  # the connection is still usable
+
+
+def test_a_link_to_an_endless_device_is_refused(backend: Backend, link: Callable[[str, str], None]) -> None:
+    backend.put_bytes("data/real", b"x")
+    link("data/zero", "/dev/zero")
+    for _ in range(2):
+        with pytest.raises((IntegrityError, NotFoundError, PermissionDeniedError)):
+            backend.get_bytes("data/zero", 1 << 20)
+        with pytest.raises((IntegrityError, NotFoundError, PermissionDeniedError)):
+            backend.get("data/zero", io.BytesIO(), 1 << 20)
+    assert [info.key for info in backend.list()] == ["data/real"]
+    assert backend.get_bytes("data/real") == b"x"
 
 
 def test_get_missing(backend: Backend) -> None:

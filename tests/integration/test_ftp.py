@@ -261,7 +261,7 @@ def test_a_download_resumes_where_it_was_cut(server: FtpServer) -> None:
         backend.put_bytes("big", data)
         before = server.log_text()
         sink = RestartingSink(server)
-        backend.get("big", sink)
+        backend.get("big", sink, len(data))
         assert sink.restarted and sink.getvalue() == data
         assert backend.logins == 2
     assert re.search(r'"REST [1-9]\d*"', server.log_text()[len(before) :])

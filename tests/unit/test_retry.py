@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from watcher.backends.base import DEFAULT_LIMIT
 from watcher.backends.memory import MemoryBackend
 from watcher.errors import (
     AuthError,
@@ -60,11 +61,11 @@ class FlakyBackend(MemoryBackend):
         self._attempt("put")
         super().put(key, source)
 
-    def get(self, key, sink):
+    def get(self, key, sink, limit=DEFAULT_LIMIT):
         if self.failures.get("get", 0) > 0:
             sink.write(self._data(key)[:2])
         self._attempt("get")
-        super().get(key, sink)
+        super().get(key, sink, limit)
 
     def read_range(self, key, offset, length):
         self._attempt("read_range")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from watcher.errors import IntegrityError, NotFoundError
 from watcher.pack import decode_blob, parse_header
-from watcher.repository import Repository
+from watcher.repository import Repository, count_entries, expansion_problem
 from watcher.snapshot import read_tree
 
 log = logging.getLogger(__name__)
@@ -41,38 +41,53 @@ def _check_packs(repository: Repository, result: CheckResult) -> set[str]:
             result.problems.append(f"pack {pack_id} is missing")
         elif stored[pack_id] != size:
             result.problems.append(f"pack {pack_id} has {stored[pack_id]} bytes, the index says {size}")
+    for _pack, entries in sorted(repository.pack_blobs.items()):
+        try:
+            for entry in entries:
+                repository.placed(entry)
+        except IntegrityError as error:  # one line per pack is enough
+            result.problems.append(str(error))
     result.unindexed_packs = len(stored.keys() - repository.packs.keys())
     result.packs = len(stored)
     return set(stored) & set(repository.packs)
 
 
 def _check_trees(repository: Repository, result: CheckResult) -> None:
-    seen: set[str] = set()
+    """Every tree reachable from a snapshot, each distinct one read once (iteratively: any depth);
+    then whether each snapshot's trees expand to no more entries than it may hold."""
+    shape: dict[str, tuple[int, list[str]]] = {}  # tree id -> (entries, its folders' trees)
 
-    def visit(tree_id: str, where: str) -> None:
-        if tree_id in seen:
-            return
-        seen.add(tree_id)
-        if not repository.has_blob(tree_id):
-            result.problems.append(f"{where}: tree {tree_id} is in no index")
-            return
-        try:
-            nodes, bad = read_tree(repository.read_blob(tree_id), tree_id)
-        except (IntegrityError, NotFoundError) as error:
-            result.problems.append(f"{where}: {error}")
-            return
-        result.problems.extend(f"{where}: {entry.message}" for entry in bad)
-        for node in nodes:
-            path = f"{where.rstrip('/')}/{node.name}"
-            if node.kind == "dir":
-                if node.subtree:
-                    visit(node.subtree, path)
-                else:
-                    result.problems.append(f"{path}: folder without a tree")
-            for chunk in node.content:
-                if not repository.has_blob(chunk):
-                    result.problems.append(f"{path}: chunk {chunk} is in no index")
+    def visit(root: str, where: str) -> None:
+        pending = [(root, where)]
+        while pending:
+            tree_id, where = pending.pop()
+            if tree_id in shape:
+                continue
+            shape[tree_id] = (0, [])
+            if not repository.has_blob(tree_id):
+                result.problems.append(f"{where}: tree {tree_id} is in no index")
+                continue
+            try:
+                nodes, bad = read_tree(repository.read_blob(tree_id), tree_id)
+            except (IntegrityError, NotFoundError) as error:
+                result.problems.append(f"{where}: {error}")
+                continue
+            result.problems.extend(f"{where}: {entry.message}" for entry in bad)
+            subtrees = []
+            for node in nodes:
+                path = f"{where.rstrip('/')}/{node.name}"
+                if node.kind == "dir":
+                    if node.subtree:
+                        subtrees.append(node.subtree)
+                        pending.append((node.subtree, path))
+                    else:
+                        result.problems.append(f"{path}: folder without a tree")
+                for chunk in node.content:
+                    if not repository.has_blob(chunk):
+                        result.problems.append(f"{path}: chunk {chunk} is in no index")
+            shape[tree_id] = (len(nodes), subtrees)
 
+    counts: dict[str, int] = {}
     for snapshot_id in repository.snapshot_ids():
         try:
             snapshot = repository.load_snapshot(snapshot_id)
@@ -81,6 +96,12 @@ def _check_trees(repository: Repository, result: CheckResult) -> None:
             continue
         result.snapshots += 1
         visit(snapshot.tree, f"snapshot {snapshot.id}: /")
+        try:
+            problem = expansion_problem(snapshot, count_entries(shape.__getitem__, snapshot.tree, counts))
+        except IntegrityError as error:
+            problem = f"snapshot {snapshot.id}: {error}"
+        if problem:
+            result.problems.append(problem)
 
 
 def _read_data(repository: Repository, packs: set[str], result: CheckResult, advance: Callable[[int], None]) -> None:

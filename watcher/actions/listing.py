@@ -76,12 +76,16 @@ def _find_node(repository: Repository, tree_id: str, path: str) -> tuple[str, No
 
 
 def list_entries(repository: Repository, snapshot: Snapshot, path: str = "/") -> Iterator[Entry]:
-    """Every entry at or below `path` in the snapshot, depth first."""
+    """Every entry at or below `path` in the snapshot, depth first; a snapshot whose trees
+    expand beyond what it may hold is refused before the first entry."""
     where, node = _find_node(repository, snapshot.tree, path)
     if node is None:
+        repository.check_expansion(snapshot)
         for full, child in iter_tree(repository, snapshot.tree):
             yield Entry(full, child)
         return
+    if node.kind == "dir" and node.subtree:
+        repository.check_expansion(snapshot, node.subtree)
     yield Entry(where, node)
     if node.kind == "dir" and node.subtree:
         for full, child in iter_tree(repository, node.subtree, where):
@@ -97,15 +101,19 @@ class Difference:
 
 def diff_snapshots(repository: Repository, first: Snapshot, second: Snapshot) -> Difference:
     """Paths added, removed and changed from `first` to `second`; equal subtrees are skipped."""
+    repository.check_expansion(first)
+    repository.check_expansion(second)
     result = Difference([], [], [])
 
     def every_path(tree: str, prefix: str) -> Iterator[str]:
         for full, _node in iter_tree(repository, tree, prefix):
             yield full
 
-    def walk(old_tree: str | None, new_tree: str | None, prefix: str) -> None:
+    pending: list[tuple[str | None, str | None, str]] = [(first.tree, second.tree, "")]
+    while pending:
+        old_tree, new_tree, prefix = pending.pop()
         if old_tree == new_tree:
-            return
+            continue
         old = {node.name: node for node in repository.load_tree(old_tree)} if old_tree else {}
         new = {node.name: node for node in repository.load_tree(new_tree)} if new_tree else {}
         for name in sorted(old.keys() | new.keys()):
@@ -124,13 +132,11 @@ def diff_snapshots(repository: Repository, first: Snapshot, second: Snapshot) ->
                     after.mode, after.mtime_ns, after.uid, after.gid,
                 ):
                     result.changed.append(path)
-                walk(before.subtree, after.subtree, path)
+                pending.append((before.subtree, after.subtree, path))
             elif before.kind == "dir" or after.kind == "dir":
-                walk(before.subtree if before.kind == "dir" else None,
-                     after.subtree if after.kind == "dir" else None, path)
+                pending.append((before.subtree if before.kind == "dir" else None,
+                                after.subtree if after.kind == "dir" else None, path))
                 result.changed.append(path)
             elif before != after:
                 result.changed.append(path)
-
-    walk(first.tree, second.tree, "")
     return result

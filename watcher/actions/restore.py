@@ -5,6 +5,11 @@ opened one component at a time with O_NOFOLLOW relative to their parent's descri
 neither a crafted snapshot nor a symlink already in DIR can make a write land outside DIR.
 Files are written under a temporary name and renamed into place; files in DIR that the
 snapshot does not name are left alone.
+
+Two passes over the trees, both generators: the first sums the bytes needed of each pack (to
+fetch packs whole, in order, ahead), the second restores; a folder's metadata is set once all it
+holds is restored. Memory does not grow with the number of entries, and a snapshot whose trees
+expand beyond what it may hold is refused before either pass.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,35 +86,59 @@ class _Selection:
         return ["/" + "/".join(parts) for parts in self.wanted if parts not in self.found]
 
 
-def _plan(repository: Repository, tree_id: str, selection: _Selection,
-          problems: list[str]) -> list[tuple[tuple[str, ...], Node]]:
-    """Every selected entry in depth-first order, folders before what they hold.
+def _walk(
+    repository: Repository, tree_id: str, selection: _Selection,
+    failed: Callable[[tuple[str, ...], Exception], None],
+) -> Iterator[tuple[tuple[str, ...], Node, bool]]:
+    """Every selected entry, depth first, folders before what they hold: `(parts, node, False)`;
+    each folder again, `(parts, node, True)`, once all it holds has come. A generator over the
+    trees (nothing grows with the number of entries); a folder whose tree cannot be read, and an
+    entry that cannot be read (when selected), are handed to `failed`, and the rest goes on."""
 
-    An entry or a folder's tree that cannot be read adds a line to `problems`, and the rest goes on.
-    """
-    entries: list[tuple[tuple[str, ...], Node]] = []
+    def entries(tree: str, prefix: tuple[str, ...]) -> Iterator[Node]:
+        nodes, bad = repository.load_readable_tree(tree)
+        for entry in bad:
+            if entry.name is None or selection.includes((*prefix, entry.name)):
+                failed(prefix, IntegrityError(entry.message))
+        return iter(nodes)
 
-    def walk(tree: str, prefix: tuple[str, ...]) -> None:
-        where = "/" + "/".join(prefix)
-        try:
-            nodes, bad = repository.load_readable_tree(tree)
-        except (IntegrityError, NotFoundError) as error:
-            if not prefix:
-                raise  # not even the root: nothing to restore
-            problems.append(f"{where}: {error}")
-            return
-        problems.extend(f"{where}: {entry.message}" for entry in bad
-                        if entry.name is None or selection.includes((*prefix, entry.name)))
-        for node in nodes:
-            parts = (*prefix, node.name)
-            if not selection.includes(parts):
-                continue
-            entries.append((parts, node))
-            if node.kind == "dir" and node.subtree:
-                walk(node.subtree, parts)
+    stack: list[tuple[tuple[str, ...], Node | None, Iterator[Node]]] = [((), None, entries(tree_id, ()))]
+    while stack:
+        prefix, folder, nodes = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+            if folder is not None:
+                yield prefix, folder, True
+            continue
+        parts = (*prefix, node.name)
+        if not selection.includes(parts):
+            continue
+        yield parts, node, False
+        if node.kind == "dir":
+            children: Iterator[Node] = iter(())
+            try:
+                children = entries(node.subtree, parts) if node.subtree else children
+            except (IntegrityError, NotFoundError) as error:
+                failed(parts, error)
+            stack.append((parts, node, children))
 
-    walk(tree_id, ())
-    return entries
+
+def _needs(repository: Repository, tree_id: str, selection: _Selection) -> tuple[dict[str, int], int]:
+    """The first pass: bytes needed of each pack, in order of first need, and bytes in all."""
+    needed: dict[str, int] = {}
+    total = 0
+    for _parts, node, leaving in _walk(repository, tree_id, selection, lambda parts, error: None):
+        if leaving:
+            continue
+        for blob_id in node.content:
+            try:
+                entry = repository.locate(blob_id)
+            except IntegrityError:
+                continue  # the second pass reports it
+            needed[entry.pack] = needed.get(entry.pack, 0) + entry.length
+        total += node.size
+    return needed, total
 
 
 class _Prefetcher:
@@ -189,9 +219,7 @@ class _BlobSource:
         self.prefetcher.close()
 
     def get(self, blob_id: str) -> bytes | memoryview:
-        entry = self.repository.blobs.get(blob_id)
-        if entry is None:
-            raise IntegrityError(f"blob {blob_id[:12]} is in no index")
+        entry = self.repository.locate(blob_id)
         data = self.packs.get(entry.pack)
         if data is not None:
             self.packs.move_to_end(entry.pack)
@@ -310,6 +338,12 @@ class _Restorer:
         os.utime(node.name, ns=(node.mtime_ns, node.mtime_ns), dir_fd=parent, follow_symlinks=False)
         self.result.symlinks += 1
 
+    def failed(self, parts: tuple[str, ...], error: Exception) -> None:
+        where = "/" + "/".join(parts)
+        message = getattr(error, "strerror", None) or str(error)
+        self.result.errors.append(f"{where}: {message}")
+        log.error("cannot restore %s: %s", where, message)
+
     def finish_dir(self, parts: tuple[str, ...], node: Node) -> None:
         fd = self.folders.open(parts)
         _apply_metadata(fd, node)
@@ -325,48 +359,28 @@ def run_restore(
 ) -> RestoreResult:
     """Restore `snapshot` (all of it, or `paths`) under `target`; per-entry errors are collected."""
     selection = _Selection(paths or [])
-    unreadable: list[str] = []
-    plan = _plan(repository, snapshot.tree, selection, unreadable)
+    repository.check_expansion(snapshot)
+    needed, total = _needs(repository, snapshot.tree, selection)
     missing = selection.missing()
     if missing:
         raise SnapshotNotFoundError(f"not in snapshot {snapshot.id}: {', '.join(missing)}")
-    needed: dict[str, int] = {}  # pack -> bytes of it the restore needs, in order of first need
-    total = 0
-    for _parts, node in plan:
-        for blob_id in node.content:
-            entry = repository.blobs.get(blob_id)
-            if entry is not None:
-                needed[entry.pack] = needed.get(entry.pack, 0) + entry.length
-        total += node.size
     progress = progress or RestoreProgress()
     progress.start(total)
+    restorer = _Restorer(repository, target, progress)  # first: DIR may be refused, and no thread runs yet
     source = _BlobSource(repository, needed, list(needed))
-    restorer = _Restorer(repository, target, progress)
-    for problem in unreadable:
-        restorer.result.errors.append(problem)
-        log.error("cannot restore %s", problem)
     try:
-        for parts, node in plan:
-            where = "/" + "/".join(parts)
+        for parts, node, leaving in _walk(repository, snapshot.tree, selection, restorer.failed):
             try:
-                if node.kind == "dir":
-                    restorer.folders.open(parts)
-                    continue
-                parent = restorer.folders.open(parts[:-1])
-                if node.kind == "file":
-                    restorer.restore_file(parent, node, source)
-                else:
-                    restorer.restore_symlink(parent, node)
-            except (OSError, IntegrityError, NotFoundError) as error:
-                message = getattr(error, "strerror", None) or str(error)
-                restorer.result.errors.append(f"{where}: {message}")
-                log.error("cannot restore %s: %s", where, message)
-        for parts, node in reversed(plan):
-            if node.kind == "dir":
-                try:
+                if leaving:
                     restorer.finish_dir(parts, node)
-                except OSError as error:
-                    restorer.result.errors.append(f"/{'/'.join(parts)}: {error.strerror or error}")
+                elif node.kind == "dir":
+                    restorer.folders.open(parts)
+                elif node.kind == "file":
+                    restorer.restore_file(restorer.folders.open(parts[:-1]), node, source)
+                else:
+                    restorer.restore_symlink(restorer.folders.open(parts[:-1]), node)
+            except (OSError, IntegrityError, NotFoundError) as error:
+                restorer.failed(parts, error)
     finally:
         source.close()
         restorer.folders.close()

@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from watcher.errors import BackendConfigError, NotFoundError
+from watcher.errors import BackendConfigError, IntegrityError, NotFoundError
 
 TEMP_MARKER = ".tmp-"
+# What a read may bring when the caller states no bound (lock documents): the server is not
+# trusted, so no read is ever unbounded (docs/FORMAT.md, "Limits").
+DEFAULT_LIMIT = 16 * 1024 * 1024
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TEMP_TOKEN_HEX = 12
 _TEMP = re.compile(rf"\.{_PART.pattern}{re.escape(TEMP_MARKER)}[0-9a-f]{{{_TEMP_TOKEN_HEX}}}")
@@ -66,6 +69,31 @@ def write_sink(sink: BinaryIO, data: bytes) -> None:
         sink.write(data)
     except Exception as error:
         raise CallerStreamError(error) from error
+
+
+def too_large(key: str, limit: int) -> IntegrityError:
+    return IntegrityError(f"{key}: larger than the {limit} bytes it may hold")
+
+
+class _Limited:
+    """A sink that refuses to take more than `limit` bytes: an object that never ends (a link
+    to /dev/zero) or that is far larger than expected is cut short instead of filling memory."""
+
+    def __init__(self, sink: BinaryIO, key: str, limit: int) -> None:
+        self.sink = sink
+        self.key = key
+        self.room = limit
+        self.limit = limit
+
+    def write(self, data: bytes) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise too_large(self.key, self.limit)
+        return self.sink.write(data)
+
+
+def limited(sink: BinaryIO, key: str, limit: int) -> BinaryIO:
+    return _Limited(sink, key, limit)  # type: ignore[return-value]
 
 
 def validate_key(key: str) -> str:
@@ -173,8 +201,9 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def get(self, key: str, sink: BinaryIO) -> None:
-        """Write the whole object into `sink`. Raises NotFoundError when absent."""
+    def get(self, key: str, sink: BinaryIO, limit: int = DEFAULT_LIMIT) -> None:
+        """Write the whole object into `sink`. Raises NotFoundError when absent, IntegrityError
+        when it holds more than `limit` bytes (having written at most `limit` of them)."""
 
     @abstractmethod
     def read_range(self, key: str, offset: int, length: int) -> bytes:
@@ -220,9 +249,9 @@ class Backend(ABC):
     def put_bytes(self, key: str, data: bytes) -> None:
         self.put(key, io.BytesIO(data))
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, limit: int = DEFAULT_LIMIT) -> bytes:
         sink = _Pieces()
-        self.get(key, sink)  # type: ignore[arg-type]
+        self.get(key, sink, limit)  # type: ignore[arg-type]
         return b"".join(sink.pieces)
 
     def __enter__(self) -> Backend:

@@ -28,12 +28,14 @@ from collections.abc import Iterator
 from typing import BinaryIO, NoReturn
 
 from watcher.backends.base import (
+    DEFAULT_LIMIT,
     Backend,
     CallerStreamError,
     ObjectInfo,
     TemporaryInfo,
     is_key,
     is_temp_name,
+    limited,
     read_source,
     temp_name,
     validate_key,
@@ -231,8 +233,9 @@ class FtpBackend(Backend):
                 self._drop()  # interrupted mid-command: the reply stream is out of step
                 raise
 
-    def get(self, key: str, sink: BinaryIO) -> None:
+    def get(self, key: str, sink: BinaryIO, limit: int = DEFAULT_LIMIT) -> None:
         path = self._path(validate_key(key))
+        sink = limited(sink, key, limit)  # more than that: the download is aborted, the error raised
         with self._lock:
             ftp = self._session()
             received = resumes = 0

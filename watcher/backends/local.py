@@ -2,6 +2,10 @@
 
 What watcher creates in it (folders 0700, objects 0600) only its owner can read; the target
 folder itself, when the user made it, keeps its modes.
+
+Objects are opened one path component at a time without following symbolic links: the folder
+may be shared with others, and a link placed inside it (to /dev/zero, to a file elsewhere) is
+damage to refuse, never something to read. The folder itself may be reached through links.
 """
 
 from __future__ import annotations
@@ -10,17 +14,21 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from watcher.backends.base import (
+    DEFAULT_LIMIT,
     Backend,
     ObjectInfo,
     TemporaryInfo,
     is_key,
     is_temp_name,
+    limited,
     temp_name,
+    too_large,
     validate_key,
     validate_prefix,
     validate_temp_name,
@@ -28,6 +36,7 @@ from watcher.backends.base import (
 from watcher.errors import (
     BackendConfigError,
     BackendError,
+    IntegrityError,
     NotFoundError,
     PermissionDeniedError,
     StorageFullError,
@@ -35,6 +44,8 @@ from watcher.errors import (
 from watcher.private import create_file, make_folders
 
 _COPY_BUFFER = 1 << 20
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OBJECT = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block the open
 
 
 def translate(error: OSError, what: str) -> BackendError:
@@ -84,28 +95,61 @@ class LocalBackend(Backend):
             _remove_quietly(temp)
             raise
 
-    def get(self, key: str, sink: BinaryIO) -> None:
+    def _open(self, key: str) -> tuple[int, int]:
+        """A descriptor of the regular file at `key` and its size, no link followed below the root."""
+        *folders, name = validate_key(key).split("/")
         try:
-            with open(self._path(key), "rb") as source:
-                shutil.copyfileobj(source, sink, _COPY_BUFFER)
+            parent = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for folder in folders:
+                    child = os.open(folder, _FOLDER, dir_fd=parent)
+                    os.close(parent)
+                    parent = child
+                fd = os.open(name, _OBJECT, dir_fd=parent)
+            finally:
+                os.close(parent)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise IntegrityError(f"{key}: a symbolic link or another non-file is in its place") from None
+            raise translate(error, key) from error
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise IntegrityError(f"{key}: not a regular file")
+        return fd, st.st_size
+
+    def get(self, key: str, sink: BinaryIO, limit: int = DEFAULT_LIMIT) -> None:
+        fd, size = self._open(key)
+        try:
+            if size > limit:
+                raise too_large(key, limit)
+            with open(fd, "rb", closefd=False) as source:
+                shutil.copyfileobj(source, limited(sink, key, limit), _COPY_BUFFER)
         except OSError as error:
             raise translate(error, key) from error
+        finally:
+            os.close(fd)
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
+        fd, _size = self._open(key)
         try:
-            with open(self._path(key), "rb") as source:
-                data = os.pread(source.fileno(), length, offset)
+            data = os.pread(fd, length, offset)
         except OSError as error:
             raise translate(error, key) from error
+        finally:
+            os.close(fd)
         if len(data) != length:
             raise NotFoundError(f"{key}: range {offset}+{length} beyond the end")
         return data
 
     def stat(self, key: str) -> ObjectInfo:
         try:
-            return ObjectInfo(key, self._path(key).stat().st_size)
+            st = os.lstat(self._path(key))
         except OSError as error:
             raise translate(error, key) from error
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFoundError(f"{key}: not found (not a file)")
+        return ObjectInfo(key, st.st_size)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self.root / validate_prefix(prefix) if prefix else self.root
@@ -113,7 +157,9 @@ class LocalBackend(Backend):
         try:
             for key, path in self._files(base):
                 if is_key(key):  # not a temporary or foreign file
-                    found.append(ObjectInfo(key, os.stat(path).st_size))
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode):  # a link or a device is not an object (see `_open`)
+                        found.append(ObjectInfo(key, st.st_size))
         except OSError as error:
             raise translate(error, prefix or ".") from error
         yield from sorted(found, key=lambda info: info.key)

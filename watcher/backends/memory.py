@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from watcher.backends.base import (
+    DEFAULT_LIMIT,
     Backend,
     ObjectInfo,
     TemporaryInfo,
     is_temp_name,
+    limited,
     validate_key,
     validate_prefix,
     validate_temp_name,
@@ -44,8 +46,8 @@ class MemoryBackend(Backend):
         except KeyError:
             raise NotFoundError(f"{key}: not found") from None
 
-    def get(self, key: str, sink: BinaryIO) -> None:
-        sink.write(self._data(key))
+    def get(self, key: str, sink: BinaryIO, limit: int = DEFAULT_LIMIT) -> None:
+        limited(sink, key, limit).write(self._data(key))
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         data = self._data(key)[offset : offset + length]

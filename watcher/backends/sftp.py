@@ -37,14 +37,17 @@ from paramiko.ssh_exception import (
 )
 
 from watcher.backends.base import (
+    DEFAULT_LIMIT,
     Backend,
     CallerStreamError,
     ObjectInfo,
     TemporaryInfo,
     is_key,
     is_temp_name,
+    limited,
     read_source,
     temp_name,
+    too_large,
     validate_key,
     validate_prefix,
     validate_temp_name,
@@ -56,6 +59,7 @@ from watcher.errors import (
     AuthError,
     BackendConfigError,
     BackendError,
+    IntegrityError,
     NotFoundError,
 )
 
@@ -336,32 +340,29 @@ class SftpBackend(Backend):
                 handle.write(chunk)
             _drain_writes(sftp, handle)
 
-    def get(self, key: str, sink: BinaryIO) -> None:
+    def get(self, key: str, sink: BinaryIO, limit: int = DEFAULT_LIMIT) -> None:
         path = self._path(validate_key(key))
         sftp = self._session()
+        bounded = limited(sink, key, limit)
         try:
             with sftp.open(path, "rb") as handle:
-                handle.MAX_REQUEST_SIZE = self._read_size
-                size = handle.stat().st_size or 0
-                if size > self._read_size:
-                    handle.prefetch(size)
+                self._prepare_read(handle, key, limit)
                 while data := handle.read(self._read_size):
-                    write_sink(sink, data)
+                    write_sink(bounded, data)
         except CallerStreamError as wrapped:
             raise wrapped.error from None
+        except IntegrityError:
+            raise
         except Exception as error:
             self._fail(error, key)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, limit: int = DEFAULT_LIMIT) -> bytes:
         """The whole object, read into one buffer of its size (no growing and copying)."""
         path = self._path(validate_key(key))
         sftp = self._session()
         try:
             with sftp.open(path, "rb") as handle:
-                handle.MAX_REQUEST_SIZE = self._read_size
-                size = handle.stat().st_size or 0
-                if size > self._read_size:
-                    handle.prefetch(size)
+                size = self._prepare_read(handle, key, limit)
                 buffer = bytearray(size)
                 view = memoryview(buffer)
                 filled = 0
@@ -371,9 +372,25 @@ class SftpBackend(Backend):
                 rest = handle.read(1)  # the object grew since stat(): never return a truncated copy
             if filled != size or rest:
                 raise BackendError(f"{key}: its size changed while it was read")
+        except IntegrityError:
+            raise
         except Exception as error:
             self._fail(error, key)
         return bytes(buffer)
+
+    def _prepare_read(self, handle: paramiko.SFTPFile, key: str, limit: int) -> int:
+        """The size of an object about to be read whole, prefetching it; refuses what is not a
+        regular file (a link to /dev/zero on the server) or is larger than `limit`."""
+        handle.MAX_REQUEST_SIZE = self._read_size
+        attributes = handle.stat()
+        if attributes.st_mode is not None and not stat_mode.S_ISREG(attributes.st_mode):
+            raise IntegrityError(f"{key}: not a regular file")
+        size = attributes.st_size or 0
+        if size > limit:
+            raise too_large(key, limit)
+        if size > self._read_size:
+            handle.prefetch(size)
+        return size
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         path = self._path(validate_key(key))
