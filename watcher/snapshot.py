@@ -93,6 +93,12 @@ def dated_in_future(snapshot: Snapshot, now: datetime) -> bool:
     return snapshot.time > now + CLOCK_SKEW
 
 
+def storable_ns(ns: int) -> int:
+    """A file time as a tree holds it: years 1 to 9999, what every reader can show (tmpfs or btrfs
+    keep any 64-bit time; one beyond that range would make the whole folder's tree unreadable)."""
+    return min(max(ns, fields.NS_MIN), fields.NS_MAX)
+
+
 def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import backup, keep_growing, make_tree, open_repository
+from watcher import fields
 from watcher.actions import backup as backup_module
+from watcher.actions.restore import run_restore
+from watcher.repository import iter_tree
 
 
 def walk_with_a_move(source: Path, moves: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -77,3 +81,23 @@ def test_a_kept_previous_version_stays_marked_until_the_file_is_read_again(tmp_p
     assert by_events.snapshot is not None and by_events.snapshot.incomplete.kept_previous == (busy,)
     full = backup(repository, source)
     assert full.snapshot is not None and full.snapshot.incomplete.kept_previous == ()
+
+
+def test_a_file_time_beyond_year_9999_is_stored_as_the_last_time_a_tree_holds(tmp_path):
+    """tmpfs and btrfs keep any 64-bit time: such a file must not make its folder's tree unreadable."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no tmpfs at /dev/shm")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        source = make_tree(Path(shm) / "src", {"far.txt": "from the far future", "near.txt": "now"})
+        far = 260_000_000_000 * 10**9  # year 10209
+        os.utime(source / "far.txt", ns=(far, far))
+        if os.stat(source / "far.txt").st_mtime_ns != far:
+            pytest.skip("this tmpfs cannot hold such a time")
+        repository = open_repository()
+        result = backup(repository, source)
+        assert result.snapshot is not None
+        entries = dict(iter_tree(repository, result.snapshot.tree))
+        assert entries[f"{source}/far.txt"].mtime_ns == fields.NS_MAX
+        restored = run_restore(repository, result.snapshot, tmp_path / "out")
+        assert not restored.errors
+        assert (tmp_path / "out" / str(source).lstrip("/") / "far.txt").read_text() == "from the far future"

@@ -45,6 +45,7 @@ from watcher.snapshot import (
     digest,
     encode_tree,
     new_snapshot_id,
+    storable_ns,
 )
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ class _Run:
                 self._count_removed(gone)
         self.counts.dirs += 1
         st = folder.st
-        return Node(folder.name, "dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid,
+        return Node(folder.name, "dir", stat.S_IMODE(st.st_mode), storable_ns(st.st_mtime_ns), st.st_uid, st.st_gid,
                     subtree=self.store_tree(folder.nodes))
 
     def _entry(self, folder: _Folder, name: str) -> Node | _Folder | None:
@@ -334,7 +335,7 @@ class _Run:
             except OSError as error:
                 self.warn(f"cannot read link {path}: {error.strerror or error}")
                 return None
-            return self._classify(Node(name, "symlink", stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+            return self._classify(Node(name, "symlink", stat.S_IMODE(st.st_mode), storable_ns(st.st_mtime_ns),
                                        st.st_uid, st.st_gid, target=target), previous)
         if stat.S_ISREG(st.st_mode):
             return self.file_node(folder.fd, path, name, st, previous)
@@ -361,7 +362,7 @@ class _Run:
             if st.st_mtime_ns < self.racy_after_ns:
                 self.cache.remember_file(key, file_state(st), chunks, self.generation)
         self.progress.file_done(path, st.st_size)
-        node = Node(name, "file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_uid, st.st_gid,
+        node = Node(name, "file", stat.S_IMODE(st.st_mode), storable_ns(st.st_mtime_ns), st.st_uid, st.st_gid,
                     size=st.st_size, content=tuple(chunks))
         return self._classify(node, previous)
 
@@ -427,7 +428,7 @@ def _ancestor(run: _Run, path: str, name: str, rests: list[str], previous: Node 
     # A folder above the sources changes its mtime whenever anything else in it changes (another
     # user's home folder, a temporary file): keep the recorded one, so that it alone never makes
     # a new snapshot.
-    mtime_ns = previous.mtime_ns if previous is not None and previous.kind == "dir" else st.st_mtime_ns
+    mtime_ns = previous.mtime_ns if previous is not None and previous.kind == "dir" else storable_ns(st.st_mtime_ns)
     return Node(name, "dir", stat.S_IMODE(st.st_mode), mtime_ns, st.st_uid, st.st_gid, subtree=tree)
 
 
