@@ -136,10 +136,12 @@ class RunLog:
     Only the newest `keep` run logs are kept.
     """
 
-    def __init__(self, folder: Path, secrets: Iterable[str] = (), keep: int = 100) -> None:
+    def __init__(self, folder: Path, secrets: Iterable[str] = (), keep: int = 100,
+                 clean: Callable[[str], str] | None = None) -> None:
         self.folder = folder
         self.secrets = list(secrets)
         self.keep = keep
+        self.clean = clean
         self.name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.path: Path | None = None
         self.handler: logging.Handler | None = None
@@ -152,11 +154,12 @@ class RunLog:
             while not _created(path):
                 path = self.folder / f"{self.name}-{counter}.log"
                 counter += 1
-            handler = _RunLogHandler(path, encoding="utf-8")  # appends to the 0600 file made above
+            # appends to the 0600 file made above
+            handler = _RunLogHandler(path, encoding="utf-8", errors="backslashreplace")
         except OSError as error:
             logging.getLogger(__name__).warning("no run log in %s: %s", self.folder, error.strerror or error)
             return self
-        handler.setFormatter(UtcFormatter())
+        handler.setFormatter(UtcFormatter(self.clean))  # a name (or a traceback) never breaks the file
         handler.addFilter(RedactingFilter(self.secrets))
         handler.setLevel(logging.INFO)
         root = logging.getLogger()

@@ -24,7 +24,7 @@ from watcher.notify import RunReport, send_report, utc_now
 from watcher.repository import Repository
 from watcher.retry import RetryingBackend, RetryPolicy
 from watcher.snapshot import Snapshot
-from watcher.text import format_size
+from watcher.text import format_size, printable
 
 log = logging.getLogger("watcher.run")
 
@@ -166,4 +166,4 @@ def finish_run(settings: Settings, run_log: RunLog, started: datetime, result: B
 
 
 def start_run_log(settings: Settings) -> RunLog:
-    return RunLog(settings.state_dir / "logs", settings.secrets())
+    return RunLog(settings.state_dir / "logs", settings.secrets(), clean=printable)

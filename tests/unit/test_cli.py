@@ -671,3 +671,14 @@ def test_a_hostile_host_name_is_escaped_in_snapshots(run, paths):
     assert_printable(out + err)
     assert "\\x1b[2Jevil\\nhos" in out
     assert json.loads(run.ok("snapshots", "--json"))[0]["host"] == "\x1b[2Jevil\nhost"
+
+
+def test_the_runs_log_holds_hostile_names_escaped_and_every_line_after_them(run, paths, tmp_path):
+    """A name that is not UTF-8 stopped the run's log (the mail's attachment) at its line."""
+    os.mkfifo(os.fsencode(paths["src"]) + b"/fifo\xff\x1b[31mred")  # logged: skipped, not a file
+    run.ok("backup")
+    [log_file] = (tmp_path / "state" / "logs").glob("*.log")
+    text = log_file.read_text(encoding="utf-8")
+    assert_printable(text)
+    assert f"skipping {paths['src']}/fifo\\xff\\x1b[31mred: not a file, folder or symlink" in text
+    assert " saved: " in text.splitlines()[-1]
