@@ -30,6 +30,7 @@ from watcher.backends.base import Backend
 from watcher.cache import LocalCache
 from watcher.errors import IntegrityError, NotFoundError, RepositoryError, SnapshotNotFoundError, TransientError
 from watcher.pack import PACK_TARGET, BlobEntry, PackBuilder, decode_blob, encode_blob
+from watcher.private import write_file
 from watcher.snapshot import (
     BadEntry,
     Node,
@@ -459,16 +460,11 @@ class Repository:
         if path is None:
             return
         data = json.dumps({"host": host, "sources": sorted(sources), "snapshot": snapshot_id}).encode()
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, path)
+            write_file(path, data)
         except OSError as error:
             reason = error.strerror or str(error)
             try:
-                temporary.unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
             except OSError:
                 raise RepositoryError(f"cannot record the last snapshot in {path}: {reason}") from None

@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -297,3 +298,44 @@ def test_a_deep_tree_is_walked_by_every_command(run, paths, tmp_path, many_descr
             bottom = bottom.parent
     run.ok("forget")
     assert "sound" in run.ok("check")
+
+
+def test_a_backup_whose_parent_names_a_removed_subtree_many_times_ends(run, paths, tmp_path):
+    """The parent (this host's own, as the server returns it) gains a folder, gone from the source,
+    whose trees expand to 2^41 entries: counting what was removed reads each distinct tree once."""
+    run.ok("backup")
+    [good] = run.snapshot_ids()
+    repository = Repository(LocalBackend(paths["repo"]), tmp_path / "state")
+    repository.open()
+    repository.load_index()
+    parent = repository.load_snapshot(good)
+    trees = [encode_tree([Node("link", "symlink", 0o777, 1_600_000_000_000_000_000, target="x")])]
+    for _ in range(40):  # 2^40 links at the bottom
+        trees.append(encode_tree([folder("a", digest(trees[-1])), folder("b", digest(trees[-1]))]))
+    top = digest(trees[-1])
+
+    def with_gone_folder(tree: str, parts: list[str]) -> str:
+        """`tree` rebuilt with the crafted folder in the source, down the path `parts`."""
+        nodes = repository.load_tree(tree)
+        if parts:
+            nodes = [replace(node, subtree=with_gone_folder(node.subtree, parts[1:])) if node.name == parts[0]
+                     else node for node in nodes]
+        else:
+            nodes.append(folder("zz-gone", top))
+        trees.append(encode_tree(nodes))
+        return digest(trees[-1])
+
+    root = with_gone_folder(parent.tree, paths["src"].strip("/").split("/"))
+    writer = repository.writer()
+    for data in trees:
+        writer.add(digest(data), "tree", data)
+    writer.finish()
+    moment = datetime.now(UTC)
+    crafted = Snapshot(new_snapshot_id(moment), moment, parent.host, parent.sources, root, good,
+                       parent.summary)
+    repository.record_snapshot(parent.host, parent.sources, crafted.id)
+    repository.save_snapshot(crafted)
+    repository.close()
+    code, out, err = bounded(run, "backup", seconds=30, memory=768 << 20)
+    assert code == 0, (out[-500:], err[-2000:])
+    assert f"{2**40} removed" in out

@@ -169,6 +169,7 @@ class _Run:
         self.excluder = Excluder(options.exclude, options.never_back_up)
         self.counts = _Counts()
         self.warnings: list[str] = []
+        self.files_below: dict[str, tuple[int, int]] = {}  # parent tree id -> (files, bytes) below it
         self.kept_previous: list[str] = []
         self.lost_sources: list[str] = []
         self.parent_lost = set(parent.incomplete.sources) if parent is not None else set()
@@ -194,15 +195,33 @@ class _Run:
         return {node.name: node for node in self.repository.load_tree(previous.subtree)}
 
     def _count_removed(self, node: Node) -> None:
-        pending = [node]
+        files, size = self._files_below(node.subtree) if node.kind == "dir" else (1, node.size)
+        self.counts.removed += files
+        self.counts.files_delta -= files
+        self.counts.bytes_delta -= size
+
+    def _files_below(self, tree_id: str | None) -> tuple[int, int]:
+        """(files, bytes) below a tree of the parent snapshot, each distinct tree counted once: a
+        tree that names one subtree many times (a hostile server) costs only its distinct trees."""
+        totals = self.files_below
+        pending = [tree_id] if tree_id else []
         while pending:
-            node = pending.pop()
-            if node.kind == "dir":
-                pending.extend(self.previous_entries(node).values())
-            else:
-                self.counts.removed += 1
-                self.counts.files_delta -= 1
-                self.counts.bytes_delta -= node.size
+            current = pending[-1]
+            if current in totals:
+                pending.pop()
+                continue
+            nodes = self.repository.load_tree(current)
+            folders = [node.subtree for node in nodes if node.kind == "dir" and node.subtree]
+            waiting = [folder for folder in folders if folder not in totals]
+            if waiting:  # a tree cannot name itself (ids are hashes): this ends
+                pending.extend(waiting)
+                continue
+            pending.pop()
+            leaves = [node for node in nodes if node.kind != "dir"]
+            below = [totals[folder] for folder in folders]
+            totals[current] = (len(leaves) + sum(f for f, _ in below),
+                               sum(node.size for node in leaves) + sum(b for _, b in below))
+        return totals[tree_id] if tree_id else (0, 0)
 
     def store_tree(self, nodes: list[Node]) -> str:
         data = encode_tree(nodes)
