@@ -32,7 +32,7 @@ fi
 
 case "$mode" in
   --run)
-    mkdir -p data backups
+    mkdir -p data && mkdir -p -m 700 backups  # the repository holds all that ./data holds: only its owner reads it
     export BACKUP_SOURCES="${BACKUP_SOURCES:-$PWD/data}"
     export BACKUP_TARGET="${BACKUP_TARGET:-file://$PWD/backups}"
     export BACKUP_STATE_DIR="${BACKUP_STATE_DIR:-$PWD/.state}"
