@@ -86,8 +86,9 @@ def _small_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
 
-def test_2000_nested_folders_back_up_with_128_descriptors(tmp_path, deep):
-    """The walk holds a bounded number of folders open: a default ulimit (1024) never runs out."""
+def test_2000_nested_folders_back_up_and_restore_with_128_descriptors(tmp_path, deep):
+    """The walk and the restore hold a bounded number of folders open: a default ulimit (1024)
+    never runs out."""
     source = deep
     bottom = nested(source, 2000)
     env = {**os.environ, **cli_env(source, tmp_path)}
@@ -95,8 +96,29 @@ def test_2000_nested_folders_back_up_with_128_descriptors(tmp_path, deep):
                           timeout=240, preexec_fn=_small_fd_limit)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2001 files" not in done.stdout and "21 files (21 new" in done.stdout, done.stdout
-    # The deepest file's bytes are in the repository (restoring 2,000 levels is restore's own matter).
     assert bottom.joinpath("bottom.txt").read_bytes() in repository_bytes(tmp_path / "repo")
+    done = subprocess.run([sys.executable, "-m", "watcher", "restore", "latest", "--to", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=240, preexec_fn=_small_fd_limit)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    assert "21 files" in done.stdout, done.stdout
+    restored = read_by_components(tmp_path / "out", f"{bottom}/bottom.txt")  # longer than PATH_MAX
+    assert restored == read_by_components(Path("/"), f"{bottom}/bottom.txt")
+
+
+def read_by_components(root: Path, path: str) -> bytes:
+    """A file's bytes, its folders opened one at a time (its whole path may exceed PATH_MAX)."""
+    *folders, name = path.strip("/").split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for folder in folders:
+            inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+        with os.fdopen(file_fd, "rb") as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture

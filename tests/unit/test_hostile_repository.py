@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -248,22 +247,10 @@ def test_many_identical_folders_are_walked_as_they_are(run, paths, tmp_path, mon
     assert test_cli.describe_tree(restored) == test_cli.describe_tree(src)
 
 
-@pytest.fixture
-def many_descriptors():
-    """Restore holds one descriptor per folder level of the path it writes in."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
-    if wanted < 2 * DEPTH:
-        pytest.skip(f"needs {2 * DEPTH} file descriptors")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 DEPTH = 1500  # deeper than Python's recursion limit
 
 
-def test_a_deep_tree_is_walked_by_every_command(run, paths, tmp_path, many_descriptors):
+def test_a_deep_tree_is_walked_by_every_command(run, paths, tmp_path):
     run.ok("backup")
     [good] = run.snapshot_ids()
     content = b"at the bottom\n"

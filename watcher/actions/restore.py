@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PACK_CACHE_BYTES = 96 * 1024 * 1024
 PREFETCH_PACKS = 2
 WHOLE_PACK_FRACTION = 0.25
+OPEN_FOLDERS = 32  # besides the root: the deepest folders of the current path kept open
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NAME_MAX = 255  # bytes in one file name (Linux, and the common file systems of other systems)
 TEMP_SUFFIX = ".watcher-restore-"
@@ -238,7 +239,12 @@ class _BlobSource:
 
 
 class _Folders:
-    """Descriptors of the folders on the current path, opened without following links."""
+    """Descriptors of the folders on the current path, opened without following links.
+
+    Only the root and the deepest OPEN_FOLDERS folders stay open, so a tree of any depth restores
+    within the default descriptor limit; a folder closed on the way down is opened again, one
+    component at a time from the nearest open one and never through a link, when it is needed.
+    """
 
     def __init__(self, root: Path) -> None:
         try:
@@ -253,20 +259,53 @@ class _Folders:
         while depth < len(parts) and depth + 1 < len(self.stack) and self.stack[depth + 1][0] == parts[depth]:
             depth += 1
         while len(self.stack) > depth + 1:
-            os.close(self.stack.pop()[1])
+            self._close(self.stack.pop()[1])
         for name in parts[depth:]:
-            parent = self.stack[-1][1]
+            parent = self._descriptor(len(self.stack) - 1)
             try:
                 fd = os.open(name, DIR_FLAGS, dir_fd=parent)
             except FileNotFoundError:
                 os.mkdir(name, 0o700, dir_fd=parent)
                 fd = os.open(name, DIR_FLAGS, dir_fd=parent)
             self.stack.append((name, fd))
-        return self.stack[-1][1]
+            self._close_above_window()
+        return self._descriptor(len(self.stack) - 1)
+
+    def _descriptor(self, level: int) -> int:
+        """The descriptor of the folder at `level`, the deepest of the stack, opened again if it was
+        closed: from the nearest open folder above it, keeping the OPEN_FOLDERS deepest open (so
+        the walk back up a deep path reopens a folder once per window, not once per level)."""
+        if self.stack[level][1] >= 0:
+            return self.stack[level][1]
+        start = level
+        while self.stack[start - 1][1] < 0:  # the root (level 0) is never closed
+            start -= 1
+        keep_from = max(start, level - OPEN_FOLDERS + 1)
+        for current in range(start, level + 1):
+            name = self.stack[current][0]
+            self.stack[current] = (name, os.open(name, DIR_FLAGS, dir_fd=self.stack[current - 1][1]))
+            if 0 < current - 1 < keep_from:
+                self._close_level(current - 1)
+        return self.stack[level][1]
+
+    def _close_above_window(self) -> None:
+        level = len(self.stack) - 1 - OPEN_FOLDERS
+        if level > 0:
+            self._close_level(level)
+
+    def _close_level(self, level: int) -> None:
+        name, fd = self.stack[level]
+        self._close(fd)
+        self.stack[level] = (name, -1)
+
+    @staticmethod
+    def _close(fd: int) -> None:
+        if fd >= 0:
+            os.close(fd)
 
     def close(self) -> None:
         while self.stack:
-            os.close(self.stack.pop()[1])
+            self._close(self.stack.pop()[1])
 
 
 def _apply_metadata(fd: int, node: Node) -> None:
