@@ -139,7 +139,9 @@ def _node_from_json(value: object) -> Node:
         fields.name(data["name"]),
         kind,
         fields.integer(data["mode"], "mode", 0, fields.MODE_MAX),
-        fields.integer(data["mtime_ns"], "mtime_ns", fields.NS_MIN, fields.NS_MAX),
+        # Clamped, not refused: earlier watchers stored any time the file system
+        # gave (tmpfs, btrfs keep any 64-bit time), and a date must never cost a file its content.
+        storable_ns(fields.integer(data["mtime_ns"], "mtime_ns", -(2**127), 2**127)),
         fields.integer(data.get("uid", 0), "uid", 0, fields.ID_MAX),
         fields.integer(data.get("gid", 0), "gid", 0, fields.ID_MAX),
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from watcher.errors import InterruptedRunError
+from watcher.errors import IntegrityError, InterruptedRunError, NotFoundError
 from watcher.repository import BlobWriter, Repository
 from watcher.scan import (
     DIR_FLAGS,
@@ -192,7 +192,20 @@ class _Run:
     def previous_entries(self, previous: Node | None) -> dict[str, Node]:
         if previous is None or previous.kind != "dir" or not previous.subtree:
             return {}
-        return {node.name: node for node in self.repository.load_tree(previous.subtree)}
+        return {node.name: node for node in self.parent_tree(previous.subtree)}
+
+    def parent_tree(self, tree_id: str) -> list[Node]:
+        """The readable entries of a tree of the parent snapshot. The parent is only compared with:
+        an entry or a tree that cannot be read (damage, a hostile server) is taken as absent, so
+        what it stood for is read again from the disk, never lost, and the run goes on."""
+        try:
+            nodes, bad = self.repository.load_readable_tree(tree_id)
+        except (IntegrityError, NotFoundError) as error:
+            log.warning("%s: what it holds is read again from the disk", error)
+            return []
+        for entry in bad:
+            log.warning("%s: read again from the disk", entry.message)
+        return nodes
 
     def _count_removed(self, node: Node) -> None:
         files, size = self._files_below(node.subtree) if node.kind == "dir" else (1, node.size)
@@ -210,7 +223,7 @@ class _Run:
             if current in totals:
                 pending.pop()
                 continue
-            nodes = self.repository.load_tree(current)
+            nodes = self.parent_tree(current)
             folders = [node.subtree for node in nodes if node.kind == "dir" and node.subtree]
             waiting = [folder for folder in folders if folder not in totals]
             if waiting:  # a tree cannot name itself (ids are hashes): this ends
@@ -543,7 +556,7 @@ def run_backup(
     writer = repository.writer()
     run = _Run(repository, writer, options, progress or Progress(), stop, changes, parent)
     try:
-        previous_root = {node.name: node for node in repository.load_tree(parent.tree)} if parent else {}
+        previous_root = {node.name: node for node in run.parent_tree(parent.tree)} if parent else {}
         nodes = []
         for name, rests in sorted(_split_first([source.strip("/") for source in sources]).items()):
             node = _ancestor(run, "/" + name, name, rests, previous_root.get(name))
