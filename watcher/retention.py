@@ -9,7 +9,9 @@ Snapshots are grouped by host and sources, and the newest of each group is alway
 A snapshot's time is only what its host's clock said. One dated in the future (beyond the clock skew
 hosts may have) would otherwise be the newest for as long as that future lasts, and push every new
 snapshot out: it is kept, with its own reason, and takes no place in any rule; once its time has come
-it is a snapshot like the others. The snapshots a run just saved (`protected`) are always kept.
+it is a snapshot like the others. The snapshots a run just saved (`protected`) are always kept, and
+so is, for each source that newer snapshots hold incomplete (an unmounted disk), the newest snapshot
+that holds it whole.
 """
 
 from __future__ import annotations
@@ -59,11 +61,24 @@ def decide(snapshots: list[Snapshot], policy: Retention, *, protected: Collectio
             groups.setdefault(_group(snapshot), []).append(Decision(snapshot))
     for decisions in groups.values():
         _apply_rules(list(reversed(decisions)), policy)
+        _keep_last_complete(list(reversed(decisions)))
     ordered = [decision for decisions in groups.values() for decision in decisions] + future
     for decision in ordered:
         if decision.snapshot.id in protected and not decision.keep:
             decision.reasons.append("just saved")
     return sorted(ordered, key=lambda d: (d.snapshot.time, d.snapshot.id))
+
+
+def _keep_last_complete(newest_first: list[Decision]) -> None:
+    """For each source that newer snapshots hold incomplete (gone, unreadable, or emptied: an
+    unmounted disk), keep the newest snapshot that holds it whole, whatever the rules say: it may
+    be the last copy of that source's files."""
+    missing: set[str] = set()
+    for decision in newest_first:
+        incomplete = set(decision.snapshot.incomplete.sources)
+        for source in sorted(missing - incomplete):
+            decision.reasons.append(f"last whole copy of {source}")
+        missing = incomplete  # the others were found whole here
 
 
 def _apply_rules(newest_first: list[Decision], policy: Retention) -> None:

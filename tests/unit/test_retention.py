@@ -175,3 +175,25 @@ def test_a_long_lived_repository_sees_what_a_forget_removed(repository_with_hist
     assert run_check(fresh, read_data=True).sound
     run_restore(fresh, fresh.find_snapshot(result.snapshot.id), tmp_path / "out")
     assert describe_tree(tmp_path / "out" / str(source).lstrip("/")) == describe_tree(source)
+
+
+def test_forget_keeps_the_last_whole_copy_of_a_source_later_snapshots_lost(tmp_path):
+    """An unmounted disk: later snapshots mark it incomplete; `forget` (by hand, from cron, from
+    another host) must keep the newest snapshot that holds it whole, whatever the rules say."""
+    disk = make_tree(tmp_path / "disk", {"photos.jpg": "the only copy"})
+    home = make_tree(tmp_path / "home", {"notes.txt": "v0"})
+    repository = open_repository()
+    whole = backup(repository, disk, home).snapshot
+    for path in disk.iterdir():
+        path.unlink()  # the disk is gone; its mount point stays, empty
+    for version in (1, 2):
+        (home / "notes.txt").write_text(f"v{version}")
+        later = backup(repository, disk, home).snapshot
+        assert later is not None and later.incomplete.sources == (str(disk),)
+    result = run_forget(repository, Retention(last=2))
+    assert result.removed_snapshots == 0
+    reasons = {decision.snapshot.id: decision.reasons for decision in result.decisions}
+    assert reasons[whole.id] == [f"last whole copy of {disk}"]
+    out = tmp_path / "out"
+    assert not run_restore(repository, whole, out).errors
+    assert (out / str(disk).lstrip("/") / "photos.jpg").read_text() == "the only copy"
