@@ -24,6 +24,12 @@ PACK_TARGET = 16 * 1024 * 1024
 HEADER_VERSION = 1
 ENCODINGS = ("raw", "zlib")
 BLOB_TYPES = ("data", "tree")
+# The most bytes a stored blob may inflate to: a data chunk is at most the chunker's largest
+# (2^24 at most, see RepoConfig), a tree is one folder's listing (about 200 bytes an entry, so this
+# is some five million entries). A few MB of hostile zlib must not become unbounded memory. (No
+# ratio to the stored size: a legitimate tree of symlinks to one long path deflates 300 to 1.)
+INFLATED_LIMIT = {"data": 1 << 24, "tree": 1 << 30}
+INFLATE_STEP = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,33 @@ def encode_blob(data: bytes | memoryview, encoding: str) -> bytes:
 
 def decode_blob(stored: bytes | memoryview, entry: BlobEntry) -> bytes | memoryview:
     """The blob's content, verified against its id: every byte read back is checked."""
-    try:
-        data = zlib.decompress(stored) if entry.encoding == "zlib" else stored
-    except zlib.error as error:
-        raise IntegrityError(f"blob {entry.id[:12]} in pack {entry.pack[:12]} is corrupt: {error}") from error
+    data = _inflate(stored, entry) if entry.encoding == "zlib" else stored
     if hashlib.sha256(data).hexdigest() != entry.id:
         raise IntegrityError(f"blob {entry.id[:12]} in pack {entry.pack[:12]} does not match its hash")
     return data
+
+
+def _inflate(stored: bytes | memoryview, entry: BlobEntry) -> bytes:
+    """Inflate in steps into one buffer, so memory never goes much past the limit on the way."""
+    limit = INFLATED_LIMIT[entry.type]
+    where = f"blob {entry.id[:12]} in pack {entry.pack[:12]}"
+    inflater = zlib.decompressobj()
+    data = bytearray()
+    pending = stored
+    try:
+        while not inflater.eof and len(data) <= limit:
+            piece = inflater.decompress(pending, INFLATE_STEP)
+            pending = inflater.unconsumed_tail
+            data += piece
+            if not piece and not pending:
+                break  # no input left and nothing more comes out: the stream is cut short
+    except zlib.error as error:
+        raise IntegrityError(f"{where} is corrupt: {error}") from error
+    if len(data) > limit:
+        raise IntegrityError(f"{where} inflates to more than the {limit} bytes a {entry.type} blob may hold")
+    if not inflater.eof:
+        raise IntegrityError(f"{where} is corrupt: its compressed stream is cut short")
+    return bytes(data)
 
 
 class PackBuilder:

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import struct
+import zlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -405,3 +406,16 @@ def test_local_translate_unknown_errors_stay_unmarked(code):
     assert type(error) is BackendError
     assert not isinstance(error, (PermanentError, TransientError))
     assert "config" in str(error)
+
+
+def test_a_tree_blob_inflates_whole_and_a_cut_or_oversized_one_is_refused(monkeypatch):
+    data = snapshot.encode_tree([Node(f"f{i:06d}", "file", 0o644, 1, size=0) for i in range(20000)])
+    stored = zlib.compress(data, 6)
+    entry = pack.BlobEntry(snapshot.digest(data), "tree", "zlib", 0, len(stored), "ff" * 32)
+    monkeypatch.setattr(pack, "INFLATE_STEP", 4096)  # many steps
+    assert bytes(pack.decode_blob(stored, entry)) == data
+    with pytest.raises(IntegrityError, match="cut short"):
+        pack.decode_blob(stored[: len(stored) // 2], entry)
+    monkeypatch.setitem(pack.INFLATED_LIMIT, "tree", len(data) - 1)
+    with pytest.raises(IntegrityError, match=f"more than the {len(data) - 1} bytes a tree blob may hold"):
+        pack.decode_blob(stored, entry)

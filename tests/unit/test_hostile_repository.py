@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -61,10 +62,11 @@ def test_a_config_id_that_is_not_32_hex_digits_is_refused(run, paths, tmp_path, 
 
 
 def bounded(run, *argv: str, env: dict[str, str] | None = None, seconds: float = 60,
-            memory: int = 1 << 30) -> tuple[int, str, str]:
+            memory: int = 1 << 30, setup: str = "") -> tuple[int, str, str]:
     """The CLI in a child process with `memory` bytes of address space and `seconds` to finish:
-    a read without bound fails or times out there instead of taking the test machine down."""
-    script = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory})); "
+    a read without bound fails or times out there instead of taking the test machine down.
+    `setup`: Python run first in the child (to lower a limit so that a small test shows it)."""
+    script = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory})); {setup}; "
               "from watcher import cli; sys.exit(cli.main(sys.argv[1:]))")
     try:
         done = subprocess.run([sys.executable, "-c", script, *argv], env={**os.environ, **(env or run.env)},
@@ -326,3 +328,27 @@ def test_a_backup_whose_parent_names_a_removed_subtree_many_times_ends(run, path
     code, out, err = bounded(run, "backup", seconds=30, memory=768 << 20)
     assert code == 0, (out[-500:], err[-2000:])
     assert f"{2**40} removed" in out
+
+
+def test_a_blob_that_inflates_without_bound_is_refused(run, paths):
+    """A megabyte of zlib that inflates to 1 GiB (a hostile server), in a process allowed 768 MiB
+    and a tree limit lowered to 64 MiB (the real one is 1 GiB): one line, never unbounded memory."""
+    run.ok("backup")
+    deflater = zlib.compressobj(9)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(deflater.compress(zeros) for _ in range(1024)) + deflater.flush()
+    repository = Repository(LocalBackend(paths["repo"]), None)
+    repository.open()
+    repository.load_index()
+    writer = repository.writer()
+    writer.add_stored("ab" * 32, "tree", "zlib", bomb)
+    writer.finish()
+    moment = datetime.now(UTC)
+    crafted = Snapshot(new_snapshot_id(moment), moment, "test-host", ("/crafted",), "ab" * 32, None, Summary())
+    repository.save_snapshot(crafted)
+    repository.close()
+    for argv in (["ls", crafted.id], ["check"]):
+        code, out, err = bounded(run, *argv, seconds=60, memory=768 << 20,
+                                 setup="from watcher import pack; pack.INFLATED_LIMIT['tree'] = 64 << 20")
+        assert code == 1, (argv, out[-500:], err[-500:])
+        assert "inflates to more than the 67108864 bytes a tree blob may hold" in out + err, (out, err)
