@@ -66,9 +66,9 @@ CONFIG_LIMIT = 64 * 1024
 SNAPSHOT_LIMIT = 16 * 1024 * 1024
 INDEX_LIMIT = 1024 * 1024 * 1024
 PACK_LIMIT = 2 * 1024 * 1024 * 1024
-# How many entries a snapshot's tree may expand to: twice what its summary records (event-driven
-# runs record only the folders they walked) and a margin, never more than MAX_ENTRIES. Trees name
-# subtrees by id, so 48 KB of trees can name one subtree 2^40 times over.
+# How many entries a snapshot's tree may expand to: twice what its summary records plus a margin
+# (earlier watchers' event-driven runs recorded only the folders they walked), never more than
+# MAX_ENTRIES. Trees name subtrees by id, so 48 KB of trees can name one subtree 2^40 times over.
 ENTRIES_MARGIN = 1_000_000
 MAX_ENTRIES = 1_000_000_000
 

@@ -61,6 +61,7 @@ def test_event_driven_run_equals_a_full_scan(tmp_path):
         assert not by_events.full_scan
         assert by_events.summary.files == by_scan.summary.files
         assert by_events.summary.bytes == by_scan.summary.bytes
+        assert by_events.summary.dirs == by_scan.summary.dirs  # what bounds a snapshot's expansion
 
 
 def test_event_driven_run_reads_only_what_changed(tmp_path, monkeypatch):

@@ -101,3 +101,20 @@ def test_a_file_time_beyond_year_9999_is_stored_as_the_last_time_a_tree_holds(tm
         restored = run_restore(repository, result.snapshot, tmp_path / "out")
         assert not restored.errors
         assert (tmp_path / "out" / str(source).lstrip("/") / "far.txt").read_text() == "from the far future"
+
+
+def test_a_source_back_after_a_lost_run_is_not_marked_lost_by_an_event_driven_run(tmp_path):
+    disk = make_tree(tmp_path / "disk", {"photo.jpg": "p"})
+    home = make_tree(tmp_path / "home", {"notes.txt": "v0"})
+    repository = open_repository(state_dir=tmp_path / "state")
+    backup(repository, disk, home)
+    disk.rename(tmp_path / "unmounted")
+    lost = backup(repository, disk, home).snapshot
+    assert lost is not None and lost.incomplete.sources == (str(disk),)
+    (tmp_path / "unmounted").rename(disk)  # mounted again
+    (home / "notes.txt").write_text("v1")
+    options = backup_module.BackupOptions((disk, home), host="test")
+    back = backup_module.run_backup(repository, options, changed=[str(home / "notes.txt")])
+    assert not back.full_scan and back.snapshot is not None
+    assert back.snapshot.incomplete.sources == ()
+    assert f"{disk}/photo.jpg" in dict(iter_tree(repository, back.snapshot.tree))

@@ -132,6 +132,7 @@ class _Folder:
     before: dict[str, Node]
     names: list[str]
     whole: bool  # an event-driven run: the folder itself changed, so every entry is read
+    new: bool  # the parent snapshot has no folder here
     nodes: list[Node] = field(default_factory=list)
 
     def close(self) -> None:
@@ -152,6 +153,7 @@ class _Counts:
     bytes_read: int = 0
     bytes_delta: int = 0
     files_delta: int = 0
+    dirs_delta: int = 0
 
 
 class _Run:
@@ -169,7 +171,8 @@ class _Run:
         self.excluder = Excluder(options.exclude, options.never_back_up)
         self.counts = _Counts()
         self.warnings: list[str] = []
-        self.files_below: dict[str, tuple[int, int]] = {}  # parent tree id -> (files, bytes) below it
+        self.below: dict[str, tuple[int, int, int]] = {}  # parent tree id -> (files, bytes, folders) below it
+        self.taken: set[str] = set()  # sources an event-driven run took unchanged from the parent
         self.kept_previous: list[str] = []
         self.lost_sources: list[str] = []
         self.parent_lost = set(parent.incomplete.sources) if parent is not None else set()
@@ -208,15 +211,16 @@ class _Run:
         return nodes
 
     def _count_removed(self, node: Node) -> None:
-        files, size = self._files_below(node.subtree) if node.kind == "dir" else (1, node.size)
+        files, size, dirs = self._below(node.subtree) if node.kind == "dir" else (1, node.size, 0)
         self.counts.removed += files
         self.counts.files_delta -= files
         self.counts.bytes_delta -= size
+        self.counts.dirs_delta -= dirs + (node.kind == "dir")
 
-    def _files_below(self, tree_id: str | None) -> tuple[int, int]:
-        """(files, bytes) below a tree of the parent snapshot, each distinct tree counted once: a
-        tree that names one subtree many times (a hostile server) costs only its distinct trees."""
-        totals = self.files_below
+    def _below(self, tree_id: str | None) -> tuple[int, int, int]:
+        """(files, bytes, folders) below a tree of the parent snapshot, each distinct tree counted
+        once: a tree that names one subtree many times (a hostile server) costs only its distinct trees."""
+        totals = self.below
         pending = [tree_id] if tree_id else []
         while pending:
             current = pending[-1]
@@ -232,9 +236,10 @@ class _Run:
             pending.pop()
             leaves = [node for node in nodes if node.kind != "dir"]
             below = [totals[folder] for folder in folders]
-            totals[current] = (len(leaves) + sum(f for f, _ in below),
-                               sum(node.size for node in leaves) + sum(b for _, b in below))
-        return totals[tree_id] if tree_id else (0, 0)
+            totals[current] = (len(leaves) + sum(f for f, _, _ in below),
+                               sum(node.size for node in leaves) + sum(b for _, b, _ in below),
+                               len(nodes) - len(leaves) + sum(d for _, _, d in below))
+        return totals[tree_id] if tree_id else (0, 0, 0)
 
     def store_tree(self, nodes: list[Node]) -> str:
         data = encode_tree(nodes)
@@ -313,7 +318,8 @@ class _Run:
             os.close(fd)
             self.warn(f"cannot read folder {path}: {error.strerror or error}")
             return None
-        return _Folder(fd, path, name, relative, st, self.previous_entries(previous), names, whole)
+        return _Folder(fd, path, name, relative, st, self.previous_entries(previous), names, whole,
+                       previous is None or previous.kind != "dir")
 
     def _finish(self, folder: _Folder) -> Node:
         present = {node.name for node in folder.nodes}
@@ -321,6 +327,7 @@ class _Run:
             if name not in present:
                 self._count_removed(gone)
         self.counts.dirs += 1
+        self.counts.dirs_delta += folder.new
         st = folder.st
         return Node(folder.name, "dir", stat.S_IMODE(st.st_mode), storable_ns(st.st_mtime_ns), st.st_uid, st.st_gid,
                     subtree=self.store_tree(folder.nodes))
@@ -441,6 +448,7 @@ def _ancestor(run: _Run, path: str, name: str, rests: list[str], previous: Node 
     """The node of `path`: a source (scanned), or a folder on the way to sources (only those)."""
     if "" in rests:  # `path` is a source
         if run._unchanged(path, previous):
+            run.taken.add(path)
             return previous
         return _source(run, path, name, previous)
     try:
@@ -506,12 +514,14 @@ def find_parent(repository: Repository, host: str, sources: tuple[str, ...], now
 def _summary(run: _Run, parent: Snapshot | None, writer: BlobWriter, started: float) -> Summary:
     counts = run.counts
     files, total = counts.files, counts.bytes
+    dirs = counts.dirs
     if run.changed is not None and parent is not None:  # untouched parts were not walked
         files = parent.summary.files + counts.files_delta
         total = parent.summary.bytes + counts.bytes_delta
+        dirs = parent.summary.dirs + counts.dirs_delta
     return Summary(
         files=files,
-        dirs=counts.dirs,
+        dirs=dirs,
         bytes=total,
         new=counts.new,
         changed=counts.changed,
@@ -525,10 +535,10 @@ def _summary(run: _Run, parent: Snapshot | None, writer: BlobWriter, started: fl
 
 
 def _incomplete(run: _Run, parent: Snapshot | None) -> Incomplete:
-    """This run's marks, and those of the parent on paths an event-driven run did not look at."""
+    """This run's marks, and those of the parent on what an event-driven run took from it unchanged."""
     sources, kept = list(run.lost_sources), list(run.kept_previous)
     if run.changed is not None and parent is not None:
-        sources += [path for path in parent.incomplete.sources if path not in sources and not run.changed.touches(path)]
+        sources += [path for path in parent.incomplete.sources if path not in sources and path in run.taken]
         kept += [path for path in parent.incomplete.kept_previous if not run.changed.touches(path)]
     return Incomplete(tuple(sources), tuple(sorted(kept)))
 
