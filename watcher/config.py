@@ -264,6 +264,8 @@ def _parse_sources(parser: _Parser, required: bool) -> tuple[Path, ...]:
             parser.fail(name, f"{item!r} contains a control character (it goes into mail headers)")
         elif not path.is_absolute():
             parser.fail(name, f"{item} is not an absolute path")
+        elif os.path.normpath(item) in ("/", "//"):  # a snapshot names each source by its folder's name
+            parser.fail(name, "/ cannot be a source: list the folders under it to back up")
         elif required and not path.is_dir():
             parser.fail(name, f"{item} is not an existing folder")
         else:

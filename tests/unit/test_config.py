@@ -54,6 +54,8 @@ BAD_CONFIG = [
     case({"BACKUP_SOURCES": "relative/folder"}, "BACKUP_SOURCES", "sources-relative"),
     case({"BACKUP_SOURCES": "{tmp}/does-not-exist"}, "BACKUP_SOURCES", "sources-missing-folder"),
     case({"BACKUP_SOURCES": "{file}"}, "BACKUP_SOURCES", "sources-a-file"),
+    case({"BACKUP_SOURCES": "/"}, "BACKUP_SOURCES", "sources-the-root"),
+    case({"BACKUP_SOURCES": "//"}, "BACKUP_SOURCES", "sources-the-root-twice"),
     case({"BACKUP_SOURCES": "{src},{src}/sub"}, "BACKUP_SOURCES", "sources-nested"),
     case({"BACKUP_SOURCES": "{src}/sub,{src}"}, "BACKUP_SOURCES", "sources-nested-reversed"),
     # target
