@@ -49,6 +49,7 @@ FORMAT_NAME = "watcher-repository"
 FORMAT_VERSION = 1
 INDEX_VERSION = 1
 INDEX_EVERY_PACKS = 8
+INDEX_BLOBS = 250_000  # the most blobs one index file names (about 27 MB)
 UPLOAD_QUEUE = 2
 STAT_PACKS_AT_MOST = 256  # more packs written: one listing of packs/ is cheaper than a stat for each
 
@@ -159,7 +160,6 @@ class Repository:
         self.packs: dict[str, int] = {}
         self.pack_blobs: dict[str, list[BlobEntry]] = {}
         self.indexes: set[str] = set()
-        self.last_index = ""
         self.decoded: dict[str, Snapshot] = {}  # snapshot documents never change: decode each once
         self.unreadable: dict[str, str] = {}  # snapshot id -> why it cannot be read, as last listed
         self.entry_counts: dict[str, int] = {}  # tree id -> entries below it (trees never change either)
@@ -398,10 +398,8 @@ class Repository:
             return
         if missing:
             remaining = [entry for entry in writer.indexed if entry[0] not in missing]
-            replacement = set()
-            if remaining:
-                self.commit_index(remaining)
-                replacement.add(self.last_index)  # may be byte for byte one of ours: never delete it
+            # may be byte for byte one of ours: never delete it
+            replacement = self.commit_index(remaining) if remaining else set()
             for index_id in sorted(writer.index_ids - replacement):
                 try:
                     with self.lock:
@@ -475,7 +473,25 @@ class Repository:
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
 
-    def commit_index(self, entries: list[tuple[str, int, list[BlobEntry]]]) -> None:
+    def commit_index(self, entries: list[tuple[str, int, list[BlobEntry]]]) -> set[str]:
+        """Write index files naming `entries` (packs with their blobs); return their ids.
+
+        At most INDEX_BLOBS blobs a file: `forget` names every pack again, and one file for a
+        repository of millions of blobs would outgrow what a reader accepts (INDEX_LIMIT)."""
+        written: set[str] = set()
+        group: list[tuple[str, int, list[BlobEntry]]] = []
+        blobs = 0
+        for entry in entries:
+            if group and blobs + len(entry[2]) > INDEX_BLOBS:
+                written.add(self._write_index_file(group))
+                group, blobs = [], 0
+            group.append(entry)
+            blobs += len(entry[2])
+        if group:
+            written.add(self._write_index_file(group))
+        return written
+
+    def _write_index_file(self, entries: list[tuple[str, int, list[BlobEntry]]]) -> str:
         document = {
             "version": INDEX_VERSION,
             "packs": [
@@ -489,7 +505,7 @@ class Repository:
             self.backend.put(f"index/{index_id}", io.BytesIO(data))
         self.cache.put_blob(index_id, "index", data)
         self._add_index(index_id, data)
-        self.last_index = index_id
+        return index_id
 
 
 class BlobWriter:
@@ -574,9 +590,8 @@ class BlobWriter:
     def _write_index(self) -> None:
         entries, self.uploaded = self.uploaded, []
         if entries:
-            self.repository.commit_index(entries)
+            self.index_ids |= self.repository.commit_index(entries)
             self.indexed += entries
-            self.index_ids.add(self.repository.last_index)
 
     def _raise_upload_error(self) -> None:
         if self.error is not None:

@@ -16,6 +16,7 @@ from watcher.actions.restore import run_restore
 from watcher.backends.memory import MemoryBackend
 from watcher.config import Retention
 from watcher.locks import RepositoryLockedError, locked
+from watcher.repository import Repository
 from watcher.retention import decide
 from watcher.snapshot import Snapshot
 
@@ -197,3 +198,27 @@ def test_forget_keeps_the_last_whole_copy_of_a_source_later_snapshots_lost(tmp_p
     out = tmp_path / "out"
     assert not run_restore(repository, whole, out).errors
     assert (out / str(disk).lstrip("/") / "photos.jpg").read_text() == "the only copy"
+
+
+def test_index_files_stay_small_however_many_blobs_forget_names_again(tmp_path, monkeypatch):
+    from watcher import repository as repository_module
+
+    monkeypatch.setattr(repository_module, "INDEX_BLOBS", 5)
+    source = make_tree(tmp_path / "src", {f"f{i}.txt": f"content {i}" for i in range(30)})
+    repository = Repository(MemoryBackend(), None)
+    repository.backend.open()
+    repository.open(create=True, pack_size=40)  # a pack or two of blobs each
+    repository.load_index()
+    backup(repository, source)
+    for i in range(10):
+        (source / f"f{i}.txt").write_text(f"changed {i}")
+    latest = backup(repository, source).snapshot
+    result = run_forget(repository, Retention(last=1))
+    assert result.removed_snapshots == 1 and result.repacked_packs + result.deleted_packs > 0
+    sizes = [sum(len(pack["blobs"]) for pack in json.loads(repository.backend.get_bytes(info.key))["packs"])
+             for info in repository.backend.list("index")]
+    assert len(sizes) >= 41 // 5 and max(sizes) <= 5, sizes
+    assert run_check(repository, read_data=True).sound
+    out = tmp_path / "out"
+    assert not run_restore(repository, latest, out).errors
+    assert describe_tree(out / str(source).lstrip("/")) == describe_tree(source)

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 # The cache never records a file modified this close to the scan: file times tick coarsely
 # (a few ms), so a write just after our read could leave the same mtime (git's "racy" files).
 RACY_SECONDS = 1
+# The most files a snapshot names as kept in their previous version: its document must stay far
+# below what a reader accepts (repository.SNAPSHOT_LIMIT, 16 MiB).
+KEPT_LISTED = 10_000
 EMPTY_TREE = digest(encode_tree([]))
 # Folders on the current path kept open (besides the source's): a deeper tree reopens the
 # others through "..", so any depth fits in a few descriptors.
@@ -540,7 +543,9 @@ def _incomplete(run: _Run, parent: Snapshot | None) -> Incomplete:
     if run.changed is not None and parent is not None:
         sources += [path for path in parent.incomplete.sources if path not in sources and path in run.taken]
         kept += [path for path in parent.incomplete.kept_previous if not run.changed.touches(path)]
-    return Incomplete(tuple(sources), tuple(sorted(kept)))
+    if len(kept) > KEPT_LISTED:  # each is also a warning in the run's log; the snapshot stays small
+        log.warning("%d files kept their previous version; the snapshot names the first %d", len(kept), KEPT_LISTED)
+    return Incomplete(tuple(sources), tuple(sorted(kept)[:KEPT_LISTED]))
 
 
 def run_backup(

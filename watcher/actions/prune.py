@@ -180,10 +180,9 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
             (pack, repository.packs[pack], entries)
             for pack, entries in sorted(repository.pack_blobs.items()) if pack not in gone
         ]
-        if survivors:
-            repository.commit_index(survivors)
-        # The new index may have the very id of an old one (same content): never delete that one.
-        for index_id in sorted((old_indexes | set(repository.indexes)) - {repository.last_index}):
+        written = repository.commit_index(survivors) if survivors else set()
+        # A new index may have the very id of an old one (same content): never delete that one.
+        for index_id in sorted((old_indexes | set(repository.indexes)) - written):
             repository.backend.delete(f"index/{index_id}")
         for pack in sorted(gone):
             repository.backend.delete(pack_key(pack))
