@@ -84,7 +84,10 @@ class LockInfo:
         """Whether the holder lives: True or False when this process can know, else None."""
         boot_id, pid_namespace = this_kernel()
         same_kernel = bool(self.boot_id) and self.boot_id == boot_id
-        if state_dir is not None and self.holder and (same_kernel or self.host == socket.gethostname()):
+        # The flock speaks only for this kernel: a state folder shared over the network with another
+        # machine (of the same name, even) may keep its locks local, and a live holder there would
+        # look dead here. After a reboot the lock waits for its age instead.
+        if state_dir is not None and self.holder and same_kernel:
             held = _flock_held(_holder_path(state_dir, self.holder))
             if held is not None:
                 return held

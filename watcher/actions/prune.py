@@ -49,6 +49,7 @@ class ForgetResult:
     freed_bytes: int = 0
     kept_packs: int = 0
     unreadable: list[str] = field(default_factory=list)
+    removed_temporaries: int = 0
 
     @property
     def not_pruned(self) -> str | None:
@@ -58,7 +59,6 @@ class ForgetResult:
         named = ", ".join(self.unreadable[:3]) + (", ..." if len(self.unreadable) > 3 else "")
         return (f"data not pruned: {len(self.unreadable)} snapshots cannot be read ({named}) and may need "
                 "any pack; upgrade watcher or remove them, then run forget again")
-    removed_temporaries: int = 0
 
 
 def used_blobs(repository: Repository, tree_ids: list[str]) -> set[str]:
@@ -115,11 +115,11 @@ def remove_old_temporaries(repository: Repository, dry_run: bool) -> int:
     swept = repository.temporaries_swept
     if swept is not None and time.monotonic() - swept < TEMPORARY_SWEEP_SECONDS:
         return 0
-    if not dry_run:
-        repository.temporaries_swept = time.monotonic()
     now = time.time()
     old = [info.name for info in repository.backend.list_temporary()
            if info.mtime is not None and now - info.mtime > TEMPORARY_SAFE_SECONDS]  # no time: kept
+    if not dry_run:
+        repository.temporaries_swept = time.monotonic()  # once listed: a failed listing is tried next time
     if dry_run:
         return len(old)
     removed = 0
@@ -156,6 +156,7 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
         result = ForgetResult(decisions, dry_run, unreadable=sorted(repository.unreadable))
         kept = [decision.snapshot for decision in decisions if decision.keep]
         result.removed_snapshots = len(decisions) - len(kept)
+        result.removed_temporaries = remove_old_temporaries(repository, dry_run)  # safe whatever snapshots say
         if result.unreadable:
             if not dry_run:
                 _forget_snapshots(repository, decisions)
@@ -167,7 +168,6 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
         result.freed_bytes = sum(stored[pack] for pack in doomed) + sum(
             stored[pack] - sum(e.length for e in repository.pack_blobs[pack] if e.id in used) for pack in repack)
         result.kept_packs = len(stored) - len(doomed) - len(repack)
-        result.removed_temporaries = remove_old_temporaries(repository, dry_run)
         if dry_run:
             return result
         _forget_snapshots(repository, decisions)
