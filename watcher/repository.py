@@ -137,7 +137,7 @@ class RepoConfig:
                 raise RepositoryError("this repository uses encryption or compression this watcher cannot read")
             repository_id = document["id"]
             if not isinstance(repository_id, str) or not REPOSITORY_ID.fullmatch(repository_id):
-                raise RepositoryError(f"repository config: the id {str(repository_id)[:40]!r} is not 32 hex digits")
+                raise RepositoryError(f"repository config: the id {fields.shown(repository_id)} is not 32 hex digits")
             pack_size = fields.integer(document["pack_size"], "pack_size", 1, PACK_SIZE_MAX)
             return cls(repository_id, _chunker_from_json(document["chunker"]), pack_size)
         except (ValueError, KeyError) as error:

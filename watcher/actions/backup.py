@@ -3,8 +3,9 @@
 Change detection has two layers: the local cache answers "was this file read before, with
 exactly this size, mtime, ctime and inode?" (so unchanged files are not read), and the
 repository's index answers "is that content really stored?" (so a stale or foreign cache can
-cost time, never correctness). The previous snapshot of the same host and sources is walked
-alongside, to count new, changed, unchanged and removed files and to see when nothing changed.
+cost time, never correctness). The previous snapshot (the last this host recorded for these
+sources, see `find_parent`) is walked alongside, to count new, changed, unchanged and removed
+files and to see when nothing changed; what of it cannot be read is read again from the disk.
 
 Given the set of paths that changed (from file system events), a run lists only the folders
 on the way to those paths and takes everything else from the previous snapshot, so its cost
