@@ -10,7 +10,7 @@ A snapshot's time is only what its host's clock said. One dated in the future (b
 hosts may have) would otherwise be the newest for as long as that future lasts, and push every new
 snapshot out: it is kept, with its own reason, and takes no place in any rule; once its time has come
 it is a snapshot like the others. The snapshots a run just saved (`protected`) are always kept, and
-so is, for each source that newer snapshots hold incomplete (an unmounted disk), the newest snapshot
+so is, for each source the newest snapshot holds incomplete (an unmounted disk), the newest snapshot
 that holds it whole.
 """
 
@@ -70,15 +70,17 @@ def decide(snapshots: list[Snapshot], policy: Retention, *, protected: Collectio
 
 
 def _keep_last_complete(newest_first: list[Decision]) -> None:
-    """For each source that newer snapshots hold incomplete (gone, unreadable, or emptied: an
+    """For each source the newest snapshot holds incomplete (gone, unreadable, or emptied: an
     unmounted disk), keep the newest snapshot that holds it whole, whatever the rules say: it may
     be the last copy of that source's files."""
-    missing: set[str] = set()
-    for decision in newest_first:
-        incomplete = set(decision.snapshot.incomplete.sources)
-        for source in sorted(missing - incomplete):
+    missing = set(newest_first[0].snapshot.incomplete.sources)
+    for decision in newest_first[1:]:
+        if not missing:
+            return
+        found = missing - set(decision.snapshot.incomplete.sources)
+        for source in sorted(found):
             decision.reasons.append(f"last whole copy of {source}")
-        missing = incomplete  # the others were found whole here
+        missing -= found
 
 
 def _apply_rules(newest_first: list[Decision], policy: Retention) -> None:

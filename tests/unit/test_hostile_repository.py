@@ -66,8 +66,9 @@ def bounded(run, *argv: str, env: dict[str, str] | None = None, seconds: float =
     """The CLI in a child process with `memory` bytes of address space and `seconds` to finish:
     a read without bound fails or times out there instead of taking the test machine down.
     `setup`: Python run first in the child (to lower a limit so that a small test shows it)."""
-    script = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory})); {setup}; "
-              "from watcher import cli; sys.exit(cli.main(sys.argv[1:]))")
+    script = "; ".join(filter(None, ["import resource, sys",
+                                     f"resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))", setup,
+                                     "from watcher import cli", "sys.exit(cli.main(sys.argv[1:]))"]))
     try:
         done = subprocess.run([sys.executable, "-c", script, *argv], env={**os.environ, **(env or run.env)},
                               capture_output=True, text=True, timeout=seconds)
