@@ -155,3 +155,23 @@ def test_health_verdicts(tmp_path):
     state.update(stopped=False, pid=2**22 + 12345)
     (tmp_path / "health.json").write_text(json.dumps(state))
     assert not verdict(tmp_path, 100)[0]
+
+
+def test_health_names_the_target_that_is_stale_or_failing(tmp_path):
+    one, two = "target 1 (file:///b1)", "target 2 (sftp://u@h/b2)"
+    health = HealthFile(tmp_path)
+    health.started((one, two))
+    health.run_finished(True, target=one)
+    health.run_finished(True, target=two)
+    assert verdict(tmp_path, 100)[0]
+    health.run_finished(False, "sftp://u@h/b2: connection refused", target=two)
+    assert verdict(tmp_path, 100) == (False, f"{two}: the last run failed: sftp://u@h/b2: connection refused")
+    health.run_finished(True, target=two)
+    state = json.loads((tmp_path / "health.json").read_text())
+    state["targets"][two]["last_success"] = (datetime.now(UTC) - timedelta(seconds=500)).isoformat()
+    (tmp_path / "health.json").write_text(json.dumps(state))
+    healthy, reason = verdict(tmp_path, 100)
+    assert not healthy and reason.startswith(f"{two}: no run has succeeded for"), reason
+    health = HealthFile(tmp_path)
+    health.started((one, two))  # a restart keeps each target's last success
+    assert verdict(tmp_path, 100)[1].startswith(f"{two}: no run has succeeded for")
