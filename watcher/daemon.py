@@ -108,6 +108,7 @@ class TargetState:
         self.next_rescan: float | None = None
         self.outage_reported = False
         self.last_error: WatcherError | None = None
+        self.last_run_end = 0.0  # when its last attempt ended: an idle target is tried again for `health`
 
     def close(self) -> None:
         if self.repository is not None:
@@ -129,7 +130,8 @@ class Daemon:
         self.watcher = SourceWatcher(settings.sources, excluder, settings.watch_mode, self.debouncer, poll)
         self.targets = [TargetState(target, settings.state_dir) for target in settings.targets]
         self.health = HealthFile(settings.state_dir)
-        self.last_run_end = clock()
+        for state in self.targets:
+            state.last_run_end = clock()
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -186,12 +188,14 @@ class Daemon:
 
     def seconds_to_next(self) -> float:
         now = self.clock()
-        waits = [TICK_SECONDS, max(0.0, self.last_run_end + self._health_interval() - now)]
+        waits = [TICK_SECONDS]
         due = self.debouncer.due_in()
         if due is not None:
             waits.append(due)
         for state in self.targets:
-            if state.retry_at is not None and state.pending:
+            if not state.pending:
+                waits.append(max(0.0, state.last_run_end + self._health_interval() - now))
+            elif state.retry_at is not None:
                 waits.append(max(0.0, state.retry_at - now))
             if state.next_rescan is not None:
                 waits.append(max(0.0, state.next_rescan - now))
@@ -200,19 +204,15 @@ class Daemon:
     def due_targets(self) -> list[TargetState]:
         """Hand what is due to every target; the targets to back up now (those not in a back-off)."""
         now = self.clock()
-        reasons: list[str] = []
         if self.debouncer.due_in() == 0:
-            reasons.append("changes")
-        health = now >= self.last_run_end + self._health_interval()
-        if health:
-            reasons.append("no run for a while (health)")
-        if reasons:
             batch = self.debouncer.take()
-            batch.full = batch.full or health
-            batch.reasons += reasons
+            batch.reasons.append("changes")
             for state in self.targets:
                 state.pending.merge(batch)
                 state.pending.reasons = list(dict.fromkeys(state.pending.reasons))  # a long outage: no growth
+        for state in self.targets:
+            if now >= state.last_run_end + self._health_interval() and not state.pending:
+                state.pending.merge(Batch(full=True, reasons=["no run for a while (health)"]))
         for state in self.targets:
             if state.next_rescan is not None and now >= state.next_rescan:
                 state.pending.merge(Batch(full=True, reasons=["periodic rescan"]))
@@ -242,9 +242,9 @@ class Daemon:
                 if self.stop.is_set():
                     break
                 outcome = self._run_target(state)
+                state.last_run_end = self.clock()
                 if outcome is not None:
                     outcomes.append(outcome)
-            self.last_run_end = self.clock()
             self.save_pending()
             if any(final for _, final in outcomes):
                 finish_run(self.settings, run_log, started, self._report_lines(outcomes))
