@@ -19,6 +19,7 @@ from tests.fixtures.smtp import SmtpServer
 from tests.helpers import describe_tree, make_tree
 from tests.integration.daemon_helpers import DaemonProcess, daemon_env, wait_until
 from watcher.cli import main
+from watcher.health import verdict
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,7 +76,8 @@ def test_backup_with_one_target_down_saves_the_others_exits_1_and_mails_once(sou
     for number in (1, 3):
         assert main(["snapshots", "--json"], only(env, number)) == 0
     [message] = smtp_server.messages()
-    assert "Error Backup" in message["Subject"] and f"target 2 ({DOWN})" in message["Subject"]
+    subject = " ".join(message["Subject"].split())  # a long subject is folded
+    assert "Error Backup" in subject and f"target 2 ({DOWN}) failed" in subject
     body = message.get_body(("plain",)).get_content()
     lines = [line for line in body.splitlines() if line.lstrip().startswith("target ")]
     assert [line.split(")")[0].strip() for line in lines] == [
@@ -168,6 +170,7 @@ def put(self, key, source):
     return real(self, key, source)
 local.LocalBackend.put = put
 from watcher.cli import main
+from watcher.health import verdict
 sys.exit(main(["run"]))
 """
 
@@ -197,3 +200,39 @@ def test_kill_9_in_the_second_targets_upload_then_restart_every_target_sound(sou
         done = watcher(only(env, number), "check", "--read-data")
         assert done.returncode == 0, done.stdout + done.stderr
         restored_matches(only(env, number), source, tmp_path / f"out{number}")
+
+
+def test_the_daemons_mail_names_a_failed_target_until_it_is_back(source, tmp_path, smtp_server: SmtpServer):
+    from watcher.config import load_settings
+    from watcher.daemon import Daemon
+    from watcher.watch import Batch
+
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the second repository's folder should be")
+    env = {"BACKUP_SOURCES": str(source), "BACKUP_STATE_DIR": str(tmp_path / "state"), "BACKUP_HOST": "testhost",
+           "BACKUP_TARGET": f"file://{tmp_path}/one", "BACKUP_TARGET_2": f"file://{blocker}/two",
+           "BACKUP_TARGET_2_PASSWORD": DOWN_PASSWORD, **smtp_server.environment()}
+    daemon = Daemon(load_settings(env, need_sources=True))
+    daemon.health.started(state.label for state in daemon.targets)
+    one, two = daemon.targets
+    label = two.label
+    for passes, due in enumerate(([one, two], [one]), start=1):  # then target 1 alone: 2 waits out its back-off
+        for state in due:
+            state.pending.merge(Batch(full=True, reasons=["test"]))
+        daemon.run_pass(due)
+        assert len(smtp_server.messages()) == passes
+        message = smtp_server.messages()[-1]
+        subject = " ".join(message["Subject"].split())  # a long subject is folded
+        assert "Error Backup" in subject and f"{label} failed" in subject
+        lines = [line.strip() for line in message.get_body(("plain",)).get_content().splitlines()
+                 if line.strip().startswith("target ")]
+        assert lines[0].startswith(f"{one.label}: ") and lines[1].startswith(f"{label}: FAILED: ")
+        assert DOWN_PASSWORD not in message.as_string()
+    healthy, reason = verdict(tmp_path / "state", 100)
+    assert not healthy and reason.startswith(f"{label}: the last run failed")
+    blocker.unlink()  # the second target is back: the first run in which both succeed is mailed
+    two.retry_at = None
+    one.pending.merge(Batch(full=True))
+    daemon.run_pass([one, two])
+    assert "Success Backup" in smtp_server.messages()[-1]["Subject"] and len(smtp_server.messages()) == 3
+    daemon.stop.set()
