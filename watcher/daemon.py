@@ -250,7 +250,8 @@ class Daemon:
                 finish_run(self.settings, run_log, started, self._report_lines(outcomes))
 
     def _report_lines(self, outcomes: list[tuple[TargetOutcome, bool]]) -> list[TargetOutcome]:
-        """Every target, in order: what this run did to it, or, if it waits in a back-off, its last error."""
+        """Every target, in order: what this run did to it, its last error if it waits in a back-off, or
+        that nothing was due for it."""
         done = {outcome.target.number: outcome for outcome, _ in outcomes}
         lines = []
         for state in self.targets:
@@ -259,6 +260,8 @@ class Daemon:
             elif state.last_error is not None:
                 lines.append(TargetOutcome(state.target, error=state.last_error, next_step=self._next_step(state),
                                            retrying=not state.outage_reported))
+            else:
+                lines.append(TargetOutcome(state.target, idle=True))
         return lines
 
     def _run_target(self, state: TargetState) -> tuple[TargetOutcome, bool] | None:

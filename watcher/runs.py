@@ -124,8 +124,11 @@ class TargetOutcome:
     next_step: str | None = None
     elapsed: float | None = None
     retrying: bool = False  # failed, but its retries are not spent: not yet a failure to report
+    idle: bool = False  # not tried in this run: nothing was due for it, and it is not failing
 
     def line(self) -> TargetLine:
+        if self.idle:
+            return TargetLine(self.target.label(), True, "nothing due for it in this run")
         if self.result is None and self.retrying:
             return TargetLine(self.target.label(), True, f"retrying after: {self.error}; {self.next_step}")
         if self.result is None:
@@ -172,7 +175,7 @@ def finish_run(settings: Settings, run_log: RunLog, started: datetime, outcomes:
     first = outcomes[0]
     result = first.result if len(outcomes) == 1 else None
     warnings = tuple(warning for outcome in outcomes if outcome.result for warning in outcome.result.warnings)
-    failed = [outcome for outcome in outcomes if outcome.result is None and not outcome.retrying]
+    failed = [outcome for outcome in outcomes if outcome.error is not None and not outcome.retrying]
     report = RunReport(
         ok=not failed,
         host=settings.host,
