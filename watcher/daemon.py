@@ -129,6 +129,9 @@ class Daemon:
         poll = max(1.0, min(settings.debounce_seconds, 10.0))
         self.watcher = SourceWatcher(settings.sources, excluder, settings.watch_mode, self.debouncer, poll)
         self.targets = [TargetState(target, settings.state_dir) for target in settings.targets]
+        # With several targets, a server that is gone fails its attempt at once (the daemon's back-off
+        # takes over) rather than hold up the others; one target alone keeps the patient operation retries.
+        self.connect_policy = replace(retry.DEFAULT_POLICY, connect_once=len(self.targets) > 1)
         self.health = HealthFile(settings.state_dir)
         for state in self.targets:
             state.last_run_end = clock()
@@ -275,7 +278,7 @@ class Daemon:
         try:
             if state.repository is None:
                 state.repository = open_repository(self.settings, state.target, create=True, stop=self.stop,
-                                                   policy=replace(retry.DEFAULT_POLICY, connect_once=True))
+                                                   policy=self.connect_policy)
             result = backup_into(state.repository, self.settings, stop=self.stop, changed=changed)
         except InterruptedRunError:
             state.close()
