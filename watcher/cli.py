@@ -20,13 +20,21 @@ from watcher.actions.doctor import Verdict, check_repository, check_sources, che
 from watcher.actions.listing import diff_snapshots, list_entries, snapshot_as_json
 from watcher.actions.prune import run_forget
 from watcher.actions.restore import run_restore
-from watcher.config import Settings, load_settings, read_environment
+from watcher.config import Settings, Target, load_settings, read_environment
 from watcher.errors import ConfigError, ExitCode, UnexpectedError, WatcherError
 from watcher.locks import locked
 from watcher.logs import log_traceback, redact, setup_console
 from watcher.notify import check_mail_server, utc_now
 from watcher.repository import Repository
-from watcher.runs import attempt_backup, describe_result, finish_run, open_repository, start_run_log
+from watcher.runs import (
+    TargetOutcome,
+    attempt_backup,
+    describe_result,
+    finish_run,
+    log_outcome,
+    open_repository,
+    start_run_log,
+)
 from watcher.text import format_size, printable
 
 log = logging.getLogger("watcher")
@@ -97,32 +105,48 @@ NO_RETRY = "watcher backup does not retry by itself: run it again once the cause
 
 
 def cmd_backup(context: Context, args: argparse.Namespace) -> int:
-    from watcher import progress
-
+    """Back up to every target in turn; one that fails does not keep the others from their snapshot."""
     settings = context.settings
     with start_run_log(settings) as run_log:
         started = utc_now()
-        log.info("backup of %s to %s", ", ".join(map(str, settings.sources)), settings.target.describe())
-        bar = progress.BackupBar() if progress.wanted() else None
-        try:
-            result = attempt_backup(settings, progress=bar)
-        except WatcherError as error:
-            finish_run(settings, run_log, started, None, error, NO_RETRY)
-            raise
-        except Exception as caught:  # a bug or a fault nobody foresaw: reported like any failure
-            log_traceback(log, caught)
-            error = UnexpectedError.wrap(caught)
-            finish_run(settings, run_log, started, None, error, NO_RETRY)
-            raise error from caught
-        finally:
-            if bar is not None:
-                bar.close()
-        finish_run(settings, run_log, started, result, None, None)
-    context.out(describe_result(result))
-    if result.warnings:
-        context.out(f"{len(result.warnings)} warnings: some files could not be read (see the log above)")
+        log.info("backup of %s to %s", ", ".join(map(str, settings.sources)),
+                 ", ".join(target.describe() for target in settings.targets))
+        outcomes = [_backup_to(settings, target) for target in settings.targets]
+        finish_run(settings, run_log, started, outcomes)
+    failed = [outcome for outcome in outcomes if outcome.error is not None]
+    if len(outcomes) == 1 and failed:
+        raise failed[0].error  # one target: its own error and exit status, as before several targets
+    for outcome in outcomes:
+        if outcome.result is not None:
+            prefix = f"{outcome.target.label()}: " if len(outcomes) > 1 else ""
+            context.out(prefix + describe_result(outcome.result))
+    if failed:
+        raise WatcherError("backup failed for " + "; ".join(f"{outcome.target.label()}: {outcome.error}"
+                                                             for outcome in failed))
+    warnings = sum(len(outcome.result.warnings) for outcome in outcomes if outcome.result)
+    if warnings:
+        context.out(f"{warnings} warnings: some files could not be read (see the log above)")
         return ExitCode.WARNINGS
     return ExitCode.OK
+
+
+def _backup_to(settings: Settings, target: Target) -> TargetOutcome:
+    """One target's attempt, its failure caught (a bug too: reported like any failure) and logged."""
+    from watcher import progress
+
+    bar = progress.BackupBar() if progress.wanted() else None
+    try:
+        outcome = TargetOutcome(target, result=attempt_backup(settings, target, progress=bar))
+    except WatcherError as error:
+        outcome = TargetOutcome(target, error=error, next_step=NO_RETRY)
+    except Exception as caught:  # a bug or a fault nobody foresaw
+        log_traceback(log, caught)
+        outcome = TargetOutcome(target, error=UnexpectedError.wrap(caught), next_step=NO_RETRY)
+    finally:
+        if bar is not None:
+            bar.close()
+    log_outcome(outcome)
+    return outcome
 
 
 def cmd_snapshots(context: Context, args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import re
 import socket
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -21,7 +21,9 @@ from dotenv import dotenv_values
 
 from watcher.errors import ConfigError
 
-SECRETS = ("BACKUP_TARGET_PASSWORD", "SMTP_PASSWORD")
+MAX_TARGETS = 9
+# A variable of target N (2 to 9): BACKUP_TARGET_N itself, or one of its own settings.
+_TARGET_VARIABLE = re.compile(r"BACKUP_TARGET_(\d+)(_PASSWORD|_PASSWORD_FILE|_SSH_KEY|_TLS_CA_FILE)?")
 SCHEMES = {"file": None, "sftp": 22, "ftp": 21, "ftps": 21}
 KEEP_VARIABLES = {  # Retention field -> variable, spelled out so that each name can be searched for
     "last": "BACKUP_KEEP_LAST",
@@ -38,7 +40,8 @@ MAX_KEEP = 1_000_000
 
 @dataclass(frozen=True)
 class Target:
-    """A parsed `BACKUP_TARGET`; `password` comes from the URL or `BACKUP_TARGET_PASSWORD`."""
+    """A parsed `BACKUP_TARGET` (number 1) or `BACKUP_TARGET_N`; `password` comes from the URL or
+    `BACKUP_TARGET[_N]_PASSWORD`; `ssh_key` and `tls_ca_file` are its own or the shared ones."""
 
     scheme: str
     path: str
@@ -46,6 +49,17 @@ class Target:
     port: int = 0
     user: str = ""
     password: str | None = field(default=None, repr=False)
+    number: int = 1
+    ssh_key: Path | None = None
+    tls_ca_file: Path | None = None
+
+    @property
+    def variable(self) -> str:
+        return target_variable(self.number)
+
+    def label(self) -> str:
+        """How reports and errors name it: its number and its URL without any password."""
+        return f"target {self.number} ({self.describe()})"
 
     def describe(self) -> str:
         """The target as a URL without any password."""
@@ -69,9 +83,15 @@ class Retention:
         return any(value is not None for value in vars(self).values())
 
 
+def target_variable(number: int, setting: str = "") -> str:
+    """`BACKUP_TARGET` for the first target, `BACKUP_TARGET_N` for the others; `setting` appends
+    one of their own variables' suffixes (`_PASSWORD`, `_SSH_KEY`, ...)."""
+    return ("BACKUP_TARGET" if number == 1 else f"BACKUP_TARGET_{number}") + setting
+
+
 @dataclass(frozen=True)
 class Settings:
-    target: Target | None
+    targets: tuple[Target, ...] = ()
     sources: tuple[Path, ...] = ()
     exclude: tuple[str, ...] = ()
     ssh_key: Path | None = None
@@ -99,9 +119,14 @@ class Settings:
     mail_to: tuple[str, ...] = ()
     mail_on: str = "failure"
 
+    @property
+    def target(self) -> Target | None:
+        """The first target: the one commands use unless `--target N` says otherwise."""
+        return self.targets[0] if self.targets else None
+
     def secrets(self) -> list[str]:
         """Every secret value in force, for the log and output redaction filters."""
-        values = [self.smtp_password, self.target.password if self.target else None]
+        values = [self.smtp_password, *(target.password for target in self.targets)]
         return [value for value in values if value]
 
 
@@ -204,8 +229,7 @@ class _Parser:
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
-def _parse_target(parser: _Parser) -> Target | None:
-    name = "BACKUP_TARGET"
+def _parse_target(parser: _Parser, name: str) -> Target | None:
     raw = parser.text(name)
     if raw is None:
         return None
@@ -248,6 +272,49 @@ def _parse_target(parser: _Parser) -> Target | None:
         parser.fail(name, "the target path may not contain '.' or '..'")
         return None
     return Target(scheme, normalized, url.hostname, port, unquote(url.username), password)
+
+
+def _numbered_variables(parser: _Parser) -> dict[int, list[str]]:
+    """Target number -> the variables set for it (2 and up), each name checked against the known ones."""
+    numbered: dict[int, list[str]] = {}
+    for name in sorted(parser.env):
+        match = _TARGET_VARIABLE.fullmatch(name)
+        if match is None or not parser.env[name].strip():
+            continue
+        number = int(match.group(1))
+        if not 2 <= number <= MAX_TARGETS or match.group(1) != str(number):
+            parser.fail(name, f"targets are BACKUP_TARGET and BACKUP_TARGET_2 to BACKUP_TARGET_{MAX_TARGETS}")
+            continue
+        numbered.setdefault(number, []).append(name)
+    return numbered
+
+
+def _parse_targets(parser: _Parser, shared_key: Path | None, shared_ca: Path | None) -> tuple[Target, ...]:
+    """BACKUP_TARGET, then BACKUP_TARGET_2 to _9 in order: no gap, no target twice, no setting
+    for a target that is not set."""
+    numbered = _numbered_variables(parser)
+    targets: list[Target] = []
+    for number in range(1, MAX_TARGETS + 1):
+        name = target_variable(number)
+        if number > 1 and name not in numbered.get(number, []):
+            for orphan in numbered.get(number, []):
+                parser.fail(orphan, f"set for a target that is not: {name} is not set")
+            continue
+        password = parser.secret(target_variable(number, "_PASSWORD"))
+        target = _parse_target(parser, name)
+        if target is None:
+            continue
+        if number > 1 and parser.text(target_variable(number - 1)) is None:
+            parser.fail(name, f"set without {target_variable(number - 1)}: number the targets without a gap")
+        same = next((other for other in targets if other.describe() == target.describe()), None)
+        if same is not None:
+            parser.fail(name, f"the same target as {same.variable} ({target.describe()})")
+            continue
+        key = parser.readable_file(target_variable(number, "_SSH_KEY")) if number > 1 else None
+        ca = parser.readable_file(target_variable(number, "_TLS_CA_FILE")) if number > 1 else None
+        targets.append(replace(target, password=password if password is not None else target.password,
+                               number=number, ssh_key=key or shared_key, tls_ca_file=ca or shared_ca))
+    return tuple(targets)
 
 
 def _parse_sources(parser: _Parser, required: bool) -> tuple[Path, ...]:
@@ -321,12 +388,11 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
     others work with the target alone, so a fresh machine can list and restore.
     """
     parser = _Parser(env)
-    password = parser.secret("BACKUP_TARGET_PASSWORD")
-    target = _parse_target(parser)
-    if target is None and need_target and not any(p.startswith("BACKUP_TARGET:") for p in parser.problems):
+    ssh_key = parser.readable_file("BACKUP_SSH_KEY")
+    tls_ca_file = parser.readable_file("BACKUP_TLS_CA_FILE")
+    targets = _parse_targets(parser, ssh_key, tls_ca_file)
+    if parser.text("BACKUP_TARGET") is None and need_target:
         parser.fail("BACKUP_TARGET", "required: file:///path, sftp://user@host/path, ftp://… or ftps://…")
-    if target is not None and password is not None:
-        target = Target(target.scheme, target.path, target.host, target.port, target.user, password)
     retention = Retention(
         **{
             field_name: None if parser.text(variable) is None
@@ -350,13 +416,13 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
     known_hosts = parser.text("BACKUP_SSH_KNOWN_HOSTS")
     state_dir = parser.text("BACKUP_STATE_DIR")
     settings = Settings(
-        target=target,
+        targets=targets,
         sources=_parse_sources(parser, need_sources),
         exclude=_parse_exclude(parser),
-        ssh_key=parser.readable_file("BACKUP_SSH_KEY"),
+        ssh_key=ssh_key,
         ssh_known_hosts=Path(known_hosts or "~/.ssh/known_hosts").expanduser(),
         ssh_host_key=parser.choice("BACKUP_SSH_HOST_KEY", "strict", ("strict", "accept-new")),
-        tls_ca_file=parser.readable_file("BACKUP_TLS_CA_FILE"),
+        tls_ca_file=tls_ca_file,
         tls_verify=parser.boolean("BACKUP_TLS_VERIFY", True),
         debounce_seconds=parser.number("BACKUP_DEBOUNCE_SECONDS", 5.0),
         max_delay_seconds=parser.number("BACKUP_MAX_DELAY_SECONDS", 60.0),

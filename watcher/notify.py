@@ -40,6 +40,15 @@ SEND_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
+class TargetLine:
+    """One target's part of a run: its label (never a password) and what happened to it."""
+
+    label: str
+    ok: bool
+    text: str
+
+
+@dataclass(frozen=True)
 class RunReport:
     """What happened in one run, as the mail tells it."""
 
@@ -56,6 +65,7 @@ class RunReport:
     error: str | None = None
     next_step: str | None = None
     log_text: str = field(default="", repr=False)
+    targets: tuple[TargetLine, ...] = ()  # one line per target, in their order
 
     @property
     def clean(self) -> bool:
@@ -65,6 +75,9 @@ class RunReport:
 def subject(report: RunReport) -> str:
     word = "Success Backup" if report.ok else "Error Backup"
     extra = " (some files could not be read)" if report.ok and report.warnings else ""
+    failed = [line.label for line in report.targets if not line.ok]
+    if failed:
+        extra = f" ({', '.join(failed)} failed)"
     return f"{word} on {report.host}: {', '.join(report.sources) or report.target}{extra}"
 
 
@@ -72,7 +85,11 @@ def body(report: RunReport) -> str:
     clock = f"{report.started:%H:%M:%S} to {report.finished:%H:%M:%S} UTC, {report.started:%Y-%m-%d}"
     seconds = (report.finished - report.started).total_seconds()
     lines = []
-    if report.ok and report.snapshot_id:
+    if len(report.targets) > 1:
+        failed = sum(not line.ok for line in report.targets)
+        lines.append(f"Backup FAILED on {report.host} for {failed} of {len(report.targets)} targets."
+                     if failed else f"Backup succeeded on {report.host} for every target.")
+    elif report.ok and report.snapshot_id:
         lines.append(f"Backup succeeded on {report.host}: snapshot {report.snapshot_id}.")
     elif report.ok:
         lines.append(f"Backup succeeded on {report.host}: nothing changed since snapshot {report.parent_id}.")
@@ -83,7 +100,11 @@ def body(report: RunReport) -> str:
         lines.append(f"Next: {report.next_step}")
     lines.append("")
     lines.append(f"Sources: {', '.join(report.sources)}")
-    lines.append(f"Target:  {report.target}")
+    if len(report.targets) > 1:
+        lines.append("Targets:")
+        lines.extend(f"  {printable(line.label)}: {printable(line.text)}" for line in report.targets)
+    else:
+        lines.append(f"Target:  {report.target}")
     summary = report.summary
     if summary is not None:
         lines.append(f"Files:   {summary.new} new, {summary.changed} changed, {summary.removed} removed, "

@@ -27,6 +27,9 @@ class RetryPolicy:
     attempts: int = 5
     initial_seconds: float = 1.0
     max_seconds: float = 20.0
+    # A connection that cannot be opened again fails at once, no waits: for the daemon, which tries the
+    # whole run again later per target, so that a server that is gone does not hold up the other targets.
+    connect_once: bool = False
 
 
 # Seconds-scale retries of one operation; the daemon adds minutes-scale retries of whole runs.
@@ -52,9 +55,23 @@ class RetryingBackend(Backend):
         log.warning("%s; attempt %d of %d in %.1f s", error, state.attempt_number + 1, self.policy.attempts,
                     state.upcoming_sleep)
 
-    def _call(self, operation: Callable[[], T], reset: Callable[[], None] | None = None) -> T:
+    def _call(self, operation: Callable[[], T], reset: Callable[[], None] | None = None,
+              connecting: bool = False) -> T:
+        gone = False  # with `connect_once`: the connection could not be opened, nothing more to try
+
+        def worth_retrying(error: BaseException) -> bool:
+            return is_transient(error) and not gone
+
+        def connect(action: Callable[[], T]) -> T:
+            nonlocal gone
+            try:
+                return action()
+            except BaseException:
+                gone = self.policy.connect_once
+                raise
+
         retrying = Retrying(
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(worth_retrying),
             stop=stop_after_attempt(self.policy.attempts),
             wait=wait_exponential_jitter(multiplier=self.policy.initial_seconds, max=self.policy.max_seconds,
                                          jitter=self.policy.initial_seconds),
@@ -67,18 +84,18 @@ class RetryingBackend(Backend):
                 if attempt.retry_state.attempt_number > 1:
                     if reset is not None:
                         reset()
-                    self.inner.reconnect()
-                return operation()
+                    connect(self.inner.reconnect)
+                return connect(operation) if connecting else operation()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def open(self) -> None:
-        self._call(self.inner.open)
+        self._call(self.inner.open, connecting=True)
 
     def close(self) -> None:
         self.inner.close()
 
     def reconnect(self) -> None:
-        self._call(self.inner.reconnect)
+        self._call(self.inner.reconnect, connecting=True)
 
     def put(self, key: str, source: BinaryIO) -> None:
         start = source.tell()

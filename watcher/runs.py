@@ -1,7 +1,8 @@
 """One backup run with its log and its report: what `watcher backup` and the daemon share.
 
-The daemon adds run-level retries around `attempt_backup`; both end with `finish_run`, which
-turns the outcome into a report and mails it as `MAIL_ON` says.
+A run backs up to every target in turn, each an independent repository; each target's outcome
+is logged as it ends (`log_outcome`), and `finish_run` turns all of them into one report and
+mails it as `MAIL_ON` says. The daemon adds per-target retries around `backup_into`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from watcher import scan
 from watcher.actions.backup import BackupOptions, BackupResult, Progress, run_backup
 from watcher.actions.prune import run_forget
 from watcher.backends import create_backend
-from watcher.config import Settings
+from watcher.config import Settings, Target
 from watcher.errors import WatcherError
 from watcher.locks import locked
 from watcher.logs import RunLog
-from watcher.notify import RunReport, send_report, utc_now
+from watcher.notify import RunReport, TargetLine, send_report, utc_now
 from watcher.repository import Repository
 from watcher.retry import RetryingBackend, RetryPolicy
 from watcher.snapshot import Snapshot
@@ -29,10 +30,10 @@ from watcher.text import format_size, printable
 log = logging.getLogger("watcher.run")
 
 
-def open_repository(settings: Settings, *, create: bool = False, stop: threading.Event | None = None,
-                    policy: RetryPolicy | None = None) -> Repository:
-    """Connect to the target, read the repository config and its index."""
-    backend = RetryingBackend(create_backend(settings), policy, stop)
+def open_repository(settings: Settings, target: Target | None = None, *, create: bool = False,
+                    stop: threading.Event | None = None, policy: RetryPolicy | None = None) -> Repository:
+    """Connect to `target` (the first if None), read the repository config and its index."""
+    backend = RetryingBackend(create_backend(settings, target), policy, stop)
     repository = Repository(backend, settings.state_dir)
     try:
         backend.open()
@@ -61,19 +62,19 @@ def real_sources(settings: Settings) -> tuple[str, ...]:
 
 
 def never_back_up(settings: Settings) -> tuple[str, ...]:
-    """The local repository and the state folder, should they sit inside a source, by every name
+    """Every local repository and the state folder, should they sit inside a source, by every name
     the walk and the watcher may give them (one named through a symlink included)."""
     paths = [str(settings.state_dir)]
-    if settings.target is not None and settings.target.scheme == "file":
-        paths.append(settings.target.path)
+    paths += [target.path for target in settings.targets if target.scheme == "file"]
     sources = dict(zip(map(str, settings.sources), real_sources(settings), strict=True))
     return scan.never_back_up(paths, sources)
 
 
-def attempt_backup(settings: Settings, *, progress: Progress | None = None, stop: threading.Event | None = None,
-                   policy: RetryPolicy | None = None, changed: list[str] | None = None) -> BackupResult:
-    """One attempt: open, back up (everything, or only `changed` paths), close. Raises WatcherError."""
-    repository = open_repository(settings, create=True, stop=stop, policy=policy)
+def attempt_backup(settings: Settings, target: Target, *, progress: Progress | None = None,
+                   stop: threading.Event | None = None, policy: RetryPolicy | None = None,
+                   changed: list[str] | None = None) -> BackupResult:
+    """One attempt to `target`: open, back up (everything, or only `changed` paths), close. Raises WatcherError."""
+    repository = open_repository(settings, target, create=True, stop=stop, policy=policy)
     try:
         return backup_into(repository, settings, progress=progress, stop=stop, changed=changed)
     finally:
@@ -114,10 +115,32 @@ def apply_retention(repository: Repository, settings: Settings, saved: Snapshot)
 
 
 @dataclass
-class RunOutcome:
-    report: RunReport
-    result: BackupResult | None
-    error: WatcherError | None
+class TargetOutcome:
+    """What one run did to one target: a result, or the error it failed with (and what comes next)."""
+
+    target: Target
+    result: BackupResult | None = None
+    error: WatcherError | None = None
+    next_step: str | None = None
+    elapsed: float | None = None
+    retrying: bool = False  # failed, but its retries are not spent: not yet a failure to report
+    idle: bool = False  # not tried in this run: nothing was due for it, and it is not failing
+
+    def line(self) -> TargetLine:
+        if self.idle:
+            return TargetLine(self.target.label(), True, "nothing due for it in this run")
+        if self.result is None and self.retrying:
+            return TargetLine(self.target.label(), True, f"retrying after: {self.error}; {self.next_step}")
+        if self.result is None:
+            text = f"FAILED: {self.error}" + (f" Next: {self.next_step}" if self.next_step else "")
+            return TargetLine(self.target.label(), False, text)
+        if self.result.snapshot is None:
+            parent = self.result.parent.id if self.result.parent else "?"
+            return TargetLine(self.target.label(), True, f"no change since snapshot {parent}")
+        summary = self.result.summary
+        return TargetLine(self.target.label(), True,
+                          f"snapshot {self.result.snapshot.id} ({summary.new} new, {summary.changed} changed, "
+                          f"{summary.removed} removed; {format_size(summary.bytes_added)} uploaded)")
 
 
 def describe_result(result: BackupResult, elapsed: float | None = None) -> str:
@@ -134,35 +157,43 @@ def describe_result(result: BackupResult, elapsed: float | None = None) -> str:
             f"{format_size(summary.bytes_added)} added, in {summary.duration_seconds:.1f} s")
 
 
-def finish_run(settings: Settings, run_log: RunLog, started: datetime, result: BackupResult | None,
-               error: WatcherError | None, next_step: str | None, elapsed: float | None = None) -> RunOutcome:
-    """Log the outcome, build the report (with the run's log so far) and mail it per MAIL_ON."""
-    target = settings.target.describe() if settings.target else "?"
-    if result is not None:
-        log.info("%s", describe_result(result, elapsed))
-        if result.warnings:
-            log.warning("%d files or folders could not be read", len(result.warnings))
+def log_outcome(outcome: TargetOutcome) -> None:
+    """The target's one line in the log, as it ends (the benchmark reads these)."""
+    label = outcome.target.label()
+    if outcome.result is not None:
+        log.info("%s: %s", label, describe_result(outcome.result, outcome.elapsed))
+        if outcome.result.warnings:
+            log.warning("%s: %d files or folders could not be read", label, len(outcome.result.warnings))
     else:
-        log.error("backup failed: %s", error)
-        if next_step:
-            log.info("next: %s", next_step)
+        log.error("%s: backup failed: %s", label, outcome.error)
+        if outcome.next_step:
+            log.info("%s: next: %s", label, outcome.next_step)
+
+
+def finish_run(settings: Settings, run_log: RunLog, started: datetime, outcomes: list[TargetOutcome]) -> RunReport:
+    """Build one report of every target's outcome (with the run's log so far) and mail it per MAIL_ON."""
+    first = outcomes[0]
+    result = first.result if len(outcomes) == 1 else None
+    warnings = tuple(warning for outcome in outcomes if outcome.result for warning in outcome.result.warnings)
+    failed = [outcome for outcome in outcomes if outcome.error is not None and not outcome.retrying]
     report = RunReport(
-        ok=result is not None,
+        ok=not failed,
         host=settings.host,
         sources=tuple(str(source) for source in settings.sources),
-        target=target,
+        target=first.target.describe(),
         started=started,
         finished=utc_now(),
         snapshot_id=result.snapshot.id if result and result.snapshot else None,
         parent_id=result.parent.id if result and result.parent else None,
         summary=result.summary if result else None,
-        warnings=tuple(result.warnings) if result else (),
-        error=str(error) if error else None,
-        next_step=next_step,
+        warnings=tuple(dict.fromkeys(warnings)),
+        error=str(first.error) if len(outcomes) == 1 and first.error else None,
+        next_step=first.next_step if len(outcomes) == 1 else None,
         log_text=run_log.text(),
+        targets=tuple(outcome.line() for outcome in outcomes),
     )
     send_report(settings, report)
-    return RunOutcome(report, result, error)
+    return report
 
 
 def start_run_log(settings: Settings) -> RunLog:

@@ -232,3 +232,20 @@ def test_close_is_not_retried_and_describe_passes_through():
     backend.close()
     assert backend.describe() == "memory://flaky"
     assert backend.scheme == "memory"
+
+
+def test_connect_once_gives_up_as_soon_as_the_connection_cannot_be_opened():
+    """The daemon's policy: a server that is gone costs one try, not the back-off, so that it holds up
+    no other target; a connection that opens again is retried as usual."""
+    policy = RetryPolicy(attempts=4, initial_seconds=0.001, max_seconds=0.002, connect_once=True)
+    inner = FlakyBackend(put=1, open=5)
+    with pytest.raises(ConnectionLostError):
+        wrap(inner, policy).put_bytes("config", b"never stored")
+    assert inner.events == ["put failed", "reconnect", "open failed"]
+    inner = FlakyBackend(open=5)
+    with pytest.raises(ConnectionLostError):
+        wrap(inner, policy).open()
+    assert inner.calls["open"] == 1
+    inner = FlakyBackend(put=2)
+    wrap(inner, policy).put_bytes("config", b"whole object")
+    assert inner.objects["config"] == b"whole object"

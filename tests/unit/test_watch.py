@@ -155,3 +155,71 @@ def test_health_verdicts(tmp_path):
     state.update(stopped=False, pid=2**22 + 12345)
     (tmp_path / "health.json").write_text(json.dumps(state))
     assert not verdict(tmp_path, 100)[0]
+
+
+def test_health_names_the_target_that_is_stale_or_failing(tmp_path):
+    one, two = "target 1 (file:///b1)", "target 2 (sftp://u@h/b2)"
+    health = HealthFile(tmp_path)
+    health.started((one, two))
+    health.run_finished(True, target=one)
+    health.run_finished(True, target=two)
+    assert verdict(tmp_path, 100)[0]
+    health.run_finished(False, "sftp://u@h/b2: connection refused", target=two)
+    assert verdict(tmp_path, 100) == (False, f"{two}: the last run failed: sftp://u@h/b2: connection refused")
+    health.run_finished(True, target=two)
+    state = json.loads((tmp_path / "health.json").read_text())
+    state["targets"][two]["last_success"] = (datetime.now(UTC) - timedelta(seconds=500)).isoformat()
+    (tmp_path / "health.json").write_text(json.dumps(state))
+    healthy, reason = verdict(tmp_path, 100)
+    assert not healthy and reason.startswith(f"{two}: no run has succeeded for"), reason
+    health = HealthFile(tmp_path)
+    health.started((one, two))  # a restart keeps each target's last success
+    assert verdict(tmp_path, 100)[1].startswith(f"{two}: no run has succeeded for")
+
+
+def several_targets_daemon(tmp_path, clock):
+    from tests.helpers import make_tree
+    from watcher.config import load_settings
+    from watcher.daemon import Daemon
+
+    source = make_tree(tmp_path / "src", {"a.txt": "alpha"})
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the second repository's folder should be")
+    settings = load_settings({"BACKUP_SOURCES": str(source), "BACKUP_STATE_DIR": str(tmp_path / "state"),
+                              "BACKUP_TARGET": f"file://{tmp_path}/one", "BACKUP_TARGET_2": f"file://{blocker}/two",
+                              "BACKUP_HEALTH_MAX_AGE_SECONDS": "100", "BACKUP_RETRY_MAX_SECONDS": "30",
+                              "BACKUP_RETRIES": "1"})
+    daemon = Daemon(settings, clock)
+    daemon.health.started(state.label for state in daemon.targets)
+    return daemon
+
+
+def test_each_target_has_its_own_back_off_and_its_own_health_runs(tmp_path):
+    clock = FakeClock()
+    daemon = several_targets_daemon(tmp_path, clock)
+    one, two = daemon.targets
+    for state in daemon.targets:
+        state.pending.merge(Batch(full=True, reasons=["start-up"]))
+    daemon.run_pass(daemon.targets)
+    assert not one.pending and one.retry_at is None
+    assert two.pending.full and two.retry_at == clock.now + 30  # its changes wait for it alone
+    clock.now += 30
+    assert daemon.due_targets() == [two]
+    daemon.run_pass([two])
+    clock.now += 21  # 51 s after target 1's run: its health run is due, whatever target 2's retries did
+    assert daemon.due_targets() == [one]
+    assert 0 < daemon.seconds_to_next() <= 9  # target 2's next try; never a busy loop
+    daemon.stop.set()
+
+
+def test_pending_changes_are_kept_per_target_and_an_old_pending_file_is_the_first_targets(tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    PendingStore(state_dir / "pending.json").save(Batch({"/src/old"}, False))  # written before several targets
+    daemon = several_targets_daemon(tmp_path, FakeClock())
+    one, two = daemon.targets
+    assert one.pending.paths == {"/src/old"} and not two.pending
+    two.pending.merge(Batch({"/src/for-two"}))
+    daemon.save_pending()
+    assert json.loads((state_dir / "pending-2.json").read_text())["paths"] == ["/src/for-two"]
+    assert json.loads((state_dir / "pending.json").read_text())["paths"] == ["/src/old"]

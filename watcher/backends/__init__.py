@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from watcher.backends.base import Backend
-from watcher.config import Settings
+from watcher.config import Settings, Target
 from watcher.errors import BackendConfigError
 
 
-def create_backend(settings: Settings) -> Backend:
-    """Build the backend for `settings.target`; it connects on `open()`, not here."""
-    target = settings.target
+def create_backend(settings: Settings, target: Target | None = None) -> Backend:
+    """Build the backend for `target` (the first one if None); it connects on `open()`, not here."""
+    target = target or settings.target
     if target is None:
         raise BackendConfigError("no target configured")
     if target.scheme == "file":
@@ -24,7 +24,7 @@ def create_backend(settings: Settings) -> Backend:
             port=target.port,
             user=target.user,
             password=target.password,
-            key_file=settings.ssh_key,
+            key_file=target.ssh_key,
             known_hosts=settings.ssh_known_hosts,
             host_key_policy=settings.ssh_host_key,
             root=target.path,
@@ -39,7 +39,7 @@ def create_backend(settings: Settings) -> Backend:
             password=target.password,
             root=target.path,
             tls=target.scheme == "ftps",
-            tls_ca_file=str(settings.tls_ca_file) if settings.tls_ca_file else None,
+            tls_ca_file=str(target.tls_ca_file) if target.tls_ca_file else None,
             tls_verify=settings.tls_verify,
         )
     raise BackendConfigError(f"unknown target scheme {target.scheme}://")
