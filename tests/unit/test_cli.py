@@ -134,6 +134,7 @@ def test_config_error_exits_2_naming_the_variable(capsys, tmp_path, overrides, v
     (tmp_path / "src" / "sub").mkdir(parents=True)
     (tmp_path / "regular").write_text("x")
     (tmp_path / "secret").write_text(PASSWORD)
+    (tmp_path / "link-to-repo").symlink_to(tmp_path / "repo")
     env = {**base_env(paths), **fill(overrides, paths)}
     code, out, err = Runner(capsys, env)("backup")
     assert code == 2
