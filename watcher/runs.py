@@ -16,7 +16,7 @@ from watcher import scan
 from watcher.actions.backup import BackupOptions, BackupResult, Progress, run_backup
 from watcher.actions.prune import run_forget
 from watcher.backends import create_backend
-from watcher.config import Settings
+from watcher.config import Settings, Target
 from watcher.errors import WatcherError
 from watcher.locks import locked
 from watcher.logs import RunLog
@@ -29,10 +29,10 @@ from watcher.text import format_size, printable
 log = logging.getLogger("watcher.run")
 
 
-def open_repository(settings: Settings, *, create: bool = False, stop: threading.Event | None = None,
-                    policy: RetryPolicy | None = None) -> Repository:
-    """Connect to the target, read the repository config and its index."""
-    backend = RetryingBackend(create_backend(settings), policy, stop)
+def open_repository(settings: Settings, target: Target | None = None, *, create: bool = False,
+                    stop: threading.Event | None = None, policy: RetryPolicy | None = None) -> Repository:
+    """Connect to `target` (the first one if None), read the repository config and its index."""
+    backend = RetryingBackend(create_backend(settings, target), policy, stop)
     repository = Repository(backend, settings.state_dir)
     try:
         backend.open()
