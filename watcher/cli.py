@@ -20,7 +20,7 @@ from watcher.actions.doctor import Verdict, check_repository, check_sources, che
 from watcher.actions.listing import diff_snapshots, list_entries, snapshot_as_json
 from watcher.actions.prune import run_forget
 from watcher.actions.restore import run_restore
-from watcher.config import Settings, Target, load_settings, read_environment
+from watcher.config import MAX_TARGETS, Settings, Target, load_settings, read_environment, target_variable
 from watcher.errors import ConfigError, ExitCode, UnexpectedError, WatcherError
 from watcher.locks import locked
 from watcher.logs import log_traceback, redact, setup_console
@@ -49,32 +49,38 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", metavar="PATH", help="read variables from PATH instead of ./.env")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chooses = argparse.ArgumentParser(add_help=False)  # the commands that read one repository
+    chooses.add_argument("--target", type=int, default=1, metavar="N",
+                         help="the repository of BACKUP_TARGET_N (1: BACKUP_TARGET, the default)")
     commands.add_parser("backup", help="run one backup now",
                         description="Back up BACKUP_SOURCES to BACKUP_TARGET now. Exit status: 0 ok, "
                                     "1 failed, 3 done with warnings (some files could not be read).")
-    snapshots = commands.add_parser("snapshots", help="list the snapshots, oldest first")
+    snapshots = commands.add_parser("snapshots", parents=[chooses], help="list the snapshots, oldest first")
     snapshots.add_argument("--json", action="store_true", help="print JSON")
-    ls = commands.add_parser("ls", help="list the entries of a snapshot")
+    ls = commands.add_parser("ls", parents=[chooses], help="list the entries of a snapshot")
     ls.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
     ls.add_argument("path", nargs="?", default="/", help="absolute path inside the snapshot (default: all)")
     ls.add_argument("--json", action="store_true", help="print JSON")
-    diff = commands.add_parser("diff", help="paths added, removed and changed between two snapshots")
+    diff = commands.add_parser("diff", parents=[chooses],
+                               help="paths added, removed and changed between two snapshots")
     diff.add_argument("first")
     diff.add_argument("second")
-    restore = commands.add_parser("restore", help="restore a snapshot, or some paths of it, under a folder",
+    restore = commands.add_parser("restore", parents=[chooses],
+                                  help="restore a snapshot, or some paths of it, under a folder",
                                   description="Each entry is restored at DIR joined with its absolute path; "
                                               "every byte is verified; nothing is written outside DIR.")
     restore.add_argument("snapshot", help="snapshot id, unique prefix, or 'latest'")
     restore.add_argument("--to", required=True, metavar="DIR", type=Path, help="folder to restore into")
     restore.add_argument("paths", nargs="*", metavar="PATH", help="absolute paths inside the snapshot")
-    check = commands.add_parser("check", help="verify the repository (exit 1 when damaged)")
+    check = commands.add_parser("check", parents=[chooses], help="verify the repository (exit 1 when damaged)")
     check.add_argument("--read-data", action="store_true", help="also download and verify every stored byte")
-    forget = commands.add_parser("forget", help="apply the retention policy and remove data no snapshot needs",
+    forget = commands.add_parser("forget", parents=[chooses],
+                                 help="apply the retention policy and remove data no snapshot needs",
                                  description="Keeps what BACKUP_KEEP_LAST/_HOURLY/_DAILY/_WEEKLY/_MONTHLY/_YEARLY "
                                              "say (restic's meaning; none set: keep all), then removes the data "
                                              "no remaining snapshot needs.")
     forget.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-    commands.add_parser("doctor", help="check configuration, target, local state and mail, one line per check")
+    commands.add_parser("doctor", help="check configuration, every target, local state and mail, one line per check")
     commands.add_parser("run", help="the daemon: back up at start, then on every burst of changes",
                         description="Back up at start, then watch BACKUP_SOURCES and back up each burst of "
                                     "changes; retry, report by mail; SIGTERM or SIGINT stops it cleanly (exit 0).")
@@ -85,20 +91,44 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class Context:
-    """What a command needs: settings, and a way to open the repository (closed at the end)."""
+    """What a command needs: settings, the target it reads (`--target N`), and a way to open that
+    target's repository (closed at the end)."""
 
-    def __init__(self, settings: Settings, out: Callable[[str], None]) -> None:
+    def __init__(self, settings: Settings, out: Callable[[str], None], target: Target | None = None) -> None:
         self.settings = settings
         self.out = out
+        self.target = target or settings.target
         self.repository: Repository | None = None
 
     def open_repository(self) -> Repository:
-        self.repository = open_repository(self.settings)
+        self.repository = open_repository(self.settings, self.target)
         return self.repository
+
+    def name_target(self) -> None:
+        """With several targets, human output starts by saying which one it describes."""
+        if len(self.settings.targets) > 1 and self.target is not None:
+            self.out(self.target.label())
+
+    def target_json(self) -> dict[str, object]:
+        assert self.target is not None
+        return {"number": self.target.number, "url": self.target.describe()}
 
     def close(self) -> None:
         if self.repository is not None:
             self.repository.close()
+
+
+def choose_target(settings: Settings, number: int) -> Target:
+    """The target `--target N` names; a number that is not configured is a configuration error."""
+    if not 1 <= number <= MAX_TARGETS:
+        raise ConfigError([f"--target {number}: targets are numbered 1 to {MAX_TARGETS}"])
+    for target in settings.targets:
+        if target.number == number:
+            return target
+    numbers = [str(target.number) for target in settings.targets]
+    known = numbers[0] if len(numbers) == 1 else f"{', '.join(numbers[:-1])} and {numbers[-1]}"
+    raise ConfigError([f"--target {number}: {target_variable(number)} is not set "
+                       f"(the target{'s are' if len(numbers) > 1 else ' is'} {known})"])
 
 
 NO_RETRY = "watcher backup does not retry by itself: run it again once the cause is fixed"
@@ -153,8 +183,10 @@ def cmd_snapshots(context: Context, args: argparse.Namespace) -> int:
     repository = context.open_repository()
     snapshots = repository.list_snapshots()  # those it cannot read are named in one warning each
     if args.json:
-        context.out(json.dumps([snapshot_as_json(snapshot) for snapshot in snapshots], indent=1))
+        context.out(json.dumps({"target": context.target_json(),
+                                "snapshots": [snapshot_as_json(snapshot) for snapshot in snapshots]}, indent=1))
         return ExitCode.OK
+    context.name_target()
     context.out(f"{'ID':<25} {'TIME (UTC)':<20} {'HOST':<16} {'FILES':>8} {'SIZE':>11} {'ADDED':>11}")
     for snapshot in snapshots:
         summary = snapshot.summary
@@ -171,8 +203,10 @@ def cmd_ls(context: Context, args: argparse.Namespace) -> int:
     snapshot = repository.find_snapshot(args.snapshot)
     entries = list_entries(repository, snapshot, args.path)
     if args.json:
-        context.out(json.dumps([entry.as_json() for entry in entries], indent=1))
+        context.out(json.dumps({"target": context.target_json(), "snapshot": snapshot.id,
+                                "entries": [entry.as_json() for entry in entries]}, indent=1))
     else:
+        context.name_target()
         for entry in entries:
             context.out(entry.as_line())
     return ExitCode.OK
@@ -182,6 +216,7 @@ def cmd_diff(context: Context, args: argparse.Namespace) -> int:
     repository = context.open_repository()
     first, second = repository.find_snapshot(args.first), repository.find_snapshot(args.second)
     difference = diff_snapshots(repository, first, second)
+    context.name_target()
     for mark, paths in (("+", difference.added), ("-", difference.removed), ("M", difference.changed)):
         for path in sorted(paths):
             context.out(f"{mark} {printable(path)}")
@@ -201,6 +236,7 @@ def cmd_restore(context: Context, args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    context.name_target()
     context.out(f"restored snapshot {snapshot.id} into {printable(str(args.to))}: {result.files} files, "
                 f"{result.dirs} folders, {result.symlinks} links, {format_size(result.bytes)} (every byte verified)")
     if result.errors:
@@ -215,6 +251,7 @@ def cmd_check(context: Context, args: argparse.Namespace) -> int:
     repository = context.open_repository()
     with locked(repository, exclusive=False):
         result = run_check(repository, read_data=args.read_data)
+    context.name_target()
     detail = f"{result.snapshots} snapshots, {result.packs} packs"
     if args.read_data:
         detail += f", {result.blobs} blobs and {format_size(result.bytes_read)} read and verified"
@@ -231,6 +268,7 @@ def cmd_check(context: Context, args: argparse.Namespace) -> int:
 
 def cmd_forget(context: Context, args: argparse.Namespace) -> int:
     result = run_forget(context.open_repository(), context.settings.retention, dry_run=args.dry_run)
+    context.name_target()
     verb = "would remove" if args.dry_run else "removed"
     for decision in result.decisions:
         snapshot = decision.snapshot
@@ -253,10 +291,17 @@ def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
     settings = context.settings
     verdicts = [Verdict(True, "configuration", "all variables valid"), check_sources(settings.sources),
                 check_state_dir(settings.state_dir)]
-    where = settings.target.describe() if settings.target else "?"
-    verdicts += check_repository(context.open_repository, where)
-    if settings.target and settings.target.scheme == "ftp":
-        verdicts.append(Verdict(True, "encryption", "plain FTP: transfers are not encrypted"))
+    several = len(settings.targets) > 1
+    for target in settings.targets:
+        name = f"target {target.number}" if several else "target"
+
+        def opened(target: Target = target) -> Repository:
+            return open_repository(settings, target)
+
+        verdicts += check_repository(opened, target.describe(), name, f"{name} repository" if several else "repository")
+        if target.scheme == "ftp":
+            verdicts.append(Verdict(True, f"{name} encryption" if several else "encryption",
+                                    "plain FTP: transfers are not encrypted"))
     if settings.smtp_host:
         try:
             verdicts.append(Verdict(True, "mail server", check_mail_server(settings)))
@@ -320,6 +365,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         env = read_environment(environ, args.env_file, Path.cwd())
         command, needs_sources, needs_target = COMMANDS[args.command]
         settings = load_settings(env, need_sources=needs_sources, need_target=needs_target)
+        target = choose_target(settings, args.target) if "target" in args else settings.target
     except ConfigError as error:
         for problem in error.problems:
             err(f"error: {problem}")
@@ -329,7 +375,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         setup_console(logging.DEBUG if args.verbose else logging.INFO, secrets, sys.stdout, printable)
     else:
         setup_console(logging.DEBUG if args.verbose else logging.WARNING, secrets, clean=printable)
-    context = Context(settings, out)
+    context = Context(settings, out, target)
     try:
         return command(context, args)
     except WatcherError as error:

@@ -290,8 +290,8 @@ def _numbered_variables(parser: _Parser) -> dict[int, list[str]]:
 
 
 def _parse_targets(parser: _Parser, shared_key: Path | None, shared_ca: Path | None) -> tuple[Target, ...]:
-    """BACKUP_TARGET, then BACKUP_TARGET_2 to _9 in order: no gap, no target twice, no setting
-    for a target that is not set."""
+    """BACKUP_TARGET, then BACKUP_TARGET_2 to _9 in order: no gap, no repository twice, no setting
+    for a target that is not set, no key or CA file that its scheme would silently ignore."""
     numbered = _numbered_variables(parser)
     targets: list[Target] = []
     for number in range(1, MAX_TARGETS + 1):
@@ -301,20 +301,34 @@ def _parse_targets(parser: _Parser, shared_key: Path | None, shared_ca: Path | N
                 parser.fail(orphan, f"set for a target that is not: {name} is not set")
             continue
         password = parser.secret(target_variable(number, "_PASSWORD"))
+        own = {setting: parser.readable_file(target_variable(number, setting)) if number > 1 else None
+               for setting in ("_SSH_KEY", "_TLS_CA_FILE")}
         target = _parse_target(parser, name)
         if target is None:
             continue
         if number > 1 and parser.text(target_variable(number - 1)) is None:
             parser.fail(name, f"set without {target_variable(number - 1)}: number the targets without a gap")
-        same = next((other for other in targets if other.describe() == target.describe()), None)
+        for setting, scheme in (("_SSH_KEY", "sftp"), ("_TLS_CA_FILE", "ftps")):
+            if own[setting] is not None and target.scheme != scheme:
+                parser.fail(target_variable(number, setting),
+                            f"{name} is a {target.scheme}:// target; this setting is for {scheme}:// only")
+        same = next((other for other in targets if _repository_place(other) == _repository_place(target)), None)
         if same is not None:
-            parser.fail(name, f"the same target as {same.variable} ({target.describe()})")
+            parser.fail(name, f"the same repository as {same.variable} ({same.describe()}): list each target once")
             continue
-        key = parser.readable_file(target_variable(number, "_SSH_KEY")) if number > 1 else None
-        ca = parser.readable_file(target_variable(number, "_TLS_CA_FILE")) if number > 1 else None
         targets.append(replace(target, password=password if password is not None else target.password,
-                               number=number, ssh_key=key or shared_key, tls_ca_file=ca or shared_ca))
+                               number=number, ssh_key=own["_SSH_KEY"] or shared_key,
+                               tls_ca_file=own["_TLS_CA_FILE"] or shared_ca))
     return tuple(targets)
+
+
+def _repository_place(target: Target) -> tuple[str | int, ...]:
+    """Where a target's repository lives: a folder by its real path (a symlink names the same one),
+    an FTP account's folder whether reached with TLS or not."""
+    if target.scheme == "file":
+        return ("file", os.path.realpath(target.path))
+    return ("ftp" if target.scheme == "ftps" else target.scheme, target.user, target.host.lower(), target.port,
+            target.path)
 
 
 def _parse_sources(parser: _Parser, required: bool) -> tuple[Path, ...]:

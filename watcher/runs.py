@@ -32,7 +32,7 @@ log = logging.getLogger("watcher.run")
 
 def open_repository(settings: Settings, target: Target | None = None, *, create: bool = False,
                     stop: threading.Event | None = None, policy: RetryPolicy | None = None) -> Repository:
-    """Connect to `target` (the first if None), read the repository config and its index."""
+    """Connect to `target` (the first one if None), read the repository config and its index."""
     backend = RetryingBackend(create_backend(settings, target), policy, stop)
     repository = Repository(backend, settings.state_dir)
     try:

@@ -64,9 +64,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def watcher_json(env: dict[str, str], *args: str) -> list[dict[str, object]]:
+    """The list that `snapshots --json` or `ls --json` holds (beside the target it describes)."""
     done = subprocess.run([sys.executable, "-m", "watcher", *args, "--json"], env=env, capture_output=True,
                           text=True, timeout=120, check=True)
-    return json.loads(done.stdout)
+    document = json.loads(done.stdout)
+    return document["snapshots"] if "snapshots" in document else document["entries"]
 
 
 def snapshot_paths(env: dict[str, str], snapshot: str = "latest") -> set[str]:

@@ -53,7 +53,7 @@ class Runner:
         return out
 
     def snapshot_ids(self) -> list[str]:
-        return [snapshot["id"] for snapshot in json.loads(self.ok("snapshots", "--json"))]
+        return [snapshot["id"] for snapshot in json.loads(self.ok("snapshots", "--json"))["snapshots"]]
 
 
 def make_tree(src: Path) -> None:
@@ -134,6 +134,7 @@ def test_config_error_exits_2_naming_the_variable(capsys, tmp_path, overrides, v
     (tmp_path / "src" / "sub").mkdir(parents=True)
     (tmp_path / "regular").write_text("x")
     (tmp_path / "secret").write_text(PASSWORD)
+    (tmp_path / "link-to-repo").symlink_to(tmp_path / "repo")
     env = {**base_env(paths), **fill(overrides, paths)}
     code, out, err = Runner(capsys, env)("backup")
     assert code == 2
@@ -165,14 +166,14 @@ def test_env_file_is_used(run, tmp_path, paths):
     env_file.write_text(f"BACKUP_TARGET=file://{paths['repo']}\nBACKUP_STATE_DIR={tmp_path}/state\n")
     run.ok("backup")
     code, out, _err = run("--env-file", str(env_file), "snapshots", "--json", env={})
-    assert code == 0 and len(json.loads(out)) == 1
+    assert code == 0 and len(json.loads(out)["snapshots"]) == 1
 
 
 def test_dotenv_in_working_directory_is_used(run, paths, tmp_path):
     run.ok("backup")
     Path(".env").write_text(f"BACKUP_TARGET=file://{paths['repo']}\nBACKUP_STATE_DIR={tmp_path}/state\n")
     code, out, _err = run("snapshots", "--json", env={})
-    assert code == 0 and len(json.loads(out)) == 1
+    assert code == 0 and len(json.loads(out)["snapshots"]) == 1
 
 
 def test_progress_bar_decision_follows_the_current_stderr(monkeypatch):
@@ -246,7 +247,7 @@ def test_snapshots_json(backed_up, paths):
     src = Path(paths["src"])
     (src / "new.txt").write_text("more\n")
     backed_up.ok("backup")
-    snapshots = json.loads(backed_up.ok("snapshots", "--json"))
+    snapshots = json.loads(backed_up.ok("snapshots", "--json"))["snapshots"]
     assert len(snapshots) == 2
     for snapshot in snapshots:
         assert {"id", "time", "host", "files", "bytes", "bytes_added"} <= snapshot.keys()
@@ -288,7 +289,7 @@ def test_ls_latest_path(backed_up, paths):
 
 def test_ls_json(backed_up, paths):
     src = paths["src"]
-    entries = {entry["path"]: entry for entry in json.loads(backed_up.ok("ls", "latest", src, "--json"))}
+    entries = {entry["path"]: entry for entry in json.loads(backed_up.ok("ls", "latest", src, "--json"))["entries"]}
     assert entries[f"{src}/a.txt"]["type"] == "file"
     assert entries[f"{src}/a.txt"]["size"] == 6
     assert entries[f"{src}/sub"]["type"] == "dir"
@@ -344,7 +345,7 @@ def test_snapshot_references(run, paths):
     src = paths["src"]
 
     def size_of_a(reference: str) -> int:
-        (entry,) = json.loads(run.ok("ls", reference, f"{src}/a.txt", "--json"))
+        (entry,) = json.loads(run.ok("ls", reference, f"{src}/a.txt", "--json"))["entries"]
         return entry["size"]
 
     assert size_of_a("latest") == len("changed content\n")
@@ -640,7 +641,7 @@ def test_hostile_names_are_escaped_in_ls_diff_and_restore(run, paths, tmp_path):
     for shown in SHOWN:
         assert f"{src}/names/{shown}/file\n" in out
     assert "link\\x1b]0;title\\x07 -> tar\\nget\\x1b[2J\n" in out
-    entries = json.loads(run.ok("ls", "latest", "--json"))
+    entries = json.loads(run.ok("ls", "latest", "--json"))["entries"]
     assert {f"{src}/names/{name}/file" for name in HOSTILE} <= {entry["path"] for entry in entries}
     first, second = run.snapshot_ids()
     out = run.ok("diff", first, second)
@@ -670,7 +671,7 @@ def test_a_hostile_host_name_is_escaped_in_snapshots(run, paths):
     assert code == 0
     assert_printable(out + err)
     assert "\\x1b[2Jevil\\nhos" in out
-    assert json.loads(run.ok("snapshots", "--json"))[0]["host"] == "\x1b[2Jevil\nhost"
+    assert json.loads(run.ok("snapshots", "--json"))["snapshots"][0]["host"] == "\x1b[2Jevil\nhost"
 
 
 def test_the_runs_log_holds_hostile_names_escaped_and_every_line_after_them(run, paths, tmp_path):
@@ -682,3 +683,149 @@ def test_the_runs_log_holds_hostile_names_escaped_and_every_line_after_them(run,
     assert_printable(text)
     assert f"skipping {paths['src']}/fifo\\xff\\x1b[31mred: not a file, folder or symlink" in text
     assert " saved: " in text.splitlines()[-1]
+
+
+# -- several targets: --target N, and doctor checks each ---------------------------------------------
+
+
+@pytest.fixture
+def two_targets(capsys, paths, tmp_path):
+    """Target 1 with one snapshot, target 2 (another folder) with two, each made by a one-target backup
+    so that these tests do not depend on how a run serves several targets."""
+    first, second = f"file://{paths['repo']}", f"file://{tmp_path}/repo2"
+    base = {**base_env(paths), "BACKUP_HOST": "test-host"}
+    Runner(capsys, {**base, "BACKUP_TARGET": first}).ok("backup")
+    alone = Runner(capsys, {**base, "BACKUP_TARGET": second, "BACKUP_STATE_DIR": f"{tmp_path}/state2"})
+    alone.ok("backup")
+    (Path(paths["src"]) / "a.txt").write_text("only in the second target\n")
+    alone.ok("backup")
+    return Runner(capsys, {**base, "BACKUP_TARGET": first, "BACKUP_TARGET_2": second})
+
+
+def listing(run: Runner, *argv: str) -> dict:
+    return json.loads(run.ok(*argv, "--json"))
+
+
+def test_snapshots_json_names_its_target(two_targets, paths, tmp_path):
+    default = listing(two_targets, "snapshots")
+    assert default["target"] == {"number": 1, "url": f"file://{paths['repo']}"}
+    assert len(default["snapshots"]) == 1
+    chosen = listing(two_targets, "snapshots", "--target", "2")
+    assert chosen["target"] == {"number": 2, "url": f"file://{tmp_path}/repo2"}
+    assert len(chosen["snapshots"]) == 2
+    assert listing(two_targets, "snapshots", "--target", "1") == default
+
+
+def test_ls_json_names_its_target_and_snapshot(two_targets, paths, tmp_path):
+    src = paths["src"]
+    one = listing(two_targets, "ls", "latest", f"{src}/a.txt", "--target", "2")
+    second_latest = listing(two_targets, "snapshots", "--target", "2")["snapshots"][-1]["id"]
+    assert one["target"] == {"number": 2, "url": f"file://{tmp_path}/repo2"}
+    assert one["snapshot"] == second_latest
+    [entry] = one["entries"]
+    assert entry["size"] == len("only in the second target\n")
+    [entry] = listing(two_targets, "ls", "latest", f"{src}/a.txt")["entries"]
+    assert entry["size"] == len("hello\n")
+
+
+def test_diff_restore_check_and_forget_take_the_target(two_targets, paths, tmp_path):
+    first, second = (snapshot["id"] for snapshot in listing(two_targets, "snapshots", "--target", "2")["snapshots"])
+    assert f"M {paths['src']}/a.txt" in two_targets.ok("diff", first, second, "--target", "2").splitlines()
+    code, _out, err = two_targets("diff", first, second)
+    assert code == 1 and len(error_lines(err)) == 1, "target 1 does not hold target 2's snapshots"
+    to = tmp_path / "restored"
+    two_targets.ok("restore", second, "--target", "2", "--to", str(to))
+    assert restored_root(to, paths["src"]).joinpath("a.txt").read_text() == "only in the second target\n"
+    flip_a_data_byte(tmp_path / "repo2")
+    assert "sound" in two_targets.ok("check", "--read-data")
+    code, out, _err = two_targets("check", "--read-data", "--target", "2")
+    assert code == 1 and "damaged" in out
+    env = {**two_targets.env, "BACKUP_KEEP_LAST": "1"}
+    code, out, _err = two_targets("forget", "--dry-run", "--target", "2", env=env)
+    assert code == 0 and f"forget {first}" in out
+    code, out, _err = two_targets("forget", "--target", "2", env=env)
+    assert code == 0 and "removed 1 snapshots" in out
+    assert len(listing(two_targets, "snapshots", "--target", "2")["snapshots"]) == 1
+    assert len(listing(two_targets, "snapshots")["snapshots"]) == 1
+
+
+@pytest.mark.parametrize("argv", [["snapshots"], ["ls", "latest"], ["diff", "latest", "latest"],
+                                  ["restore", "latest", "--to", "out"], ["check"], ["forget", "--dry-run"]])
+def test_human_output_names_the_target_when_there_are_several(two_targets, tmp_path, argv):
+    for number, url in ((1, two_targets.env["BACKUP_TARGET"]), (2, f"file://{tmp_path}/repo2")):
+        out = two_targets.ok(*argv, "--target", str(number))
+        assert out.splitlines()[0] == f"target {number} ({url})", out
+
+
+@pytest.mark.parametrize("argv", [["snapshots"], ["ls", "latest"], ["check"]])
+def test_one_target_is_not_named(backed_up, argv):
+    assert "target 1" not in backed_up.ok(*argv) and "target 1" not in backed_up.ok(*argv, "--target", "1")
+
+
+@pytest.mark.parametrize("argv", [["snapshots"], ["snapshots", "--json"], ["ls", "latest"], ["diff", "a", "b"],
+                                  ["restore", "latest", "--to", "out"], ["check"], ["forget"]])
+@pytest.mark.parametrize(("number", "expected"), [
+    ("3", "error: --target 3: BACKUP_TARGET_3 is not set (the targets are 1 and 2)"),
+    ("10", "error: --target 10: targets are numbered 1 to 9"),
+    ("0", "error: --target 0: targets are numbered 1 to 9"),
+])
+def test_a_target_that_is_not_configured_is_one_line_and_exit_2(two_targets, argv, number, expected):
+    code, out, err = two_targets(*argv, "--target", number)
+    assert (code, out, err.splitlines()) == (2, "", [expected])
+    assert not Path("out").exists()
+
+
+def test_target_must_be_a_number(capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["snapshots", "--target", "two"], {})
+    assert caught.value.code == 2
+    assert "usage: watcher" in capsys.readouterr().err
+
+
+def test_doctor_checks_every_target(two_targets, paths, tmp_path):
+    lines = two_targets.ok("doctor").splitlines()
+    assert f"ok   target 1: file://{paths['repo']}" in lines
+    assert "ok   target 1 repository: 1 snapshots, 1 packs" in lines
+    assert f"ok   target 2: file://{tmp_path}/repo2" in lines
+    assert any(line.startswith("ok   target 2 repository: 2 snapshots") for line in lines), lines
+    names = [line.split(":")[0].split(None, 1)[1] for line in lines]
+    assert len(names) == len(set(names)), "one line per check"
+
+
+def test_doctor_fails_when_any_target_fails_and_names_it(two_targets, paths, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**two_targets.env, "BACKUP_TARGET_2": f"file://{blocker}/repo", "BACKUP_TARGET_3": "file:///nowhere-yet"}
+    code, out, err = two_targets("doctor", env=env)
+    assert code == 1 and error_lines(err) == []
+    lines = out.splitlines()
+    assert f"ok   target 1: file://{paths['repo']}" in lines
+    assert [line for line in lines if line.startswith("FAIL")] == [
+        line for line in lines if line.startswith("FAIL target 2: ")], lines
+    assert len([line for line in lines if line.startswith("FAIL")]) == 1
+    assert any(line.startswith("ok   target 3: file:///nowhere-yet reachable; no repository yet") for line in lines)
+
+
+def test_doctor_says_which_target_is_plain_ftp(two_targets):
+    env = {**two_targets.env, "BACKUP_TARGET_2": f"ftp://nobody@127.0.0.1:{closed_port()}/x"}
+    code, out, _err = two_targets("doctor", env=env)
+    assert code == 1
+    assert "ok   target 2 encryption: plain FTP: transfers are not encrypted" in out.splitlines()
+    assert "encryption" not in "".join(line for line in out.splitlines() if "target 1" in line)
+
+
+def test_every_targets_password_is_hidden(two_targets, tmp_path):
+    second_secret = tmp_path / "second-password"
+    second_secret.write_text("Second-Secret-99\n")
+    port = closed_port()
+    env = {**two_targets.env, "BACKUP_TARGET_PASSWORD": PASSWORD,
+           "BACKUP_TARGET_2": f"sftp://backup@127.0.0.1:{port}/srv",
+           "BACKUP_TARGET_2_PASSWORD_FILE": str(second_secret),
+           "BACKUP_TARGET_3": f"ftp://backup:Third-Secret-77@127.0.0.1:{port}/srv",
+           "BACKUP_SSH_KNOWN_HOSTS": f"{tmp_path}/known_hosts"}
+    for argv in (["doctor"], ["-v", "doctor"], ["snapshots", "--target", "2"], ["-v", "check", "--target", "3"],
+                 ["snapshots", "--json", "--target", "1"], ["ls", "latest", "--target", "3"]):
+        _code, out, err = two_targets(*argv, env=env)
+        for secret in (PASSWORD, "Second-Secret-99", "Third-Secret-77"):
+            assert secret not in out + err, (argv, secret)
+    assert_not_in_state(Path(env["BACKUP_STATE_DIR"]))

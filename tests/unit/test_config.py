@@ -7,6 +7,7 @@ test's temporary folder, {file} an existing regular file, {secret} a readable se
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def paths(tmp_path: Path) -> dict[str, str]:
     regular.write_text("not a folder\n")
     secret = tmp_path / "secret.txt"
     secret.write_text(PASSWORD + "\n")
+    (tmp_path / "link-to-repo").symlink_to(tmp_path / "repo")
     return {"src": str(src), "tmp": str(tmp_path), "file": str(regular), "secret": str(secret)}
 
 
@@ -153,6 +155,46 @@ BAD_CONFIG = [
          "target-password-file-missing"),
     case({"BACKUP_TARGET_PASSWORD_FILE": "{src}"}, "BACKUP_TARGET_PASSWORD_FILE", "target-password-file-a-folder"),
     case({"SMTP_PASSWORD_FILE": "{tmp}/no-such-secret"}, "SMTP_PASSWORD_FILE", "smtp-password-file-missing"),
+    # several targets: numbering, duplicates, settings of a target that is not set, each target's own values
+    case({"BACKUP_TARGET_3": "file://{tmp}/three"}, "BACKUP_TARGET_3", "targets-gap"),
+    case({"BACKUP_TARGET_2": "file://{tmp}/two", "BACKUP_TARGET_4": "file://{tmp}/four"}, "BACKUP_TARGET_4",
+         "targets-gap-after-two"),
+    case({"BACKUP_TARGET": "", "BACKUP_TARGET_2": "file://{tmp}/two"}, "BACKUP_TARGET_2",
+         "targets-second-without-first"),
+    case({"BACKUP_TARGET_10": "file://{tmp}/ten"}, "BACKUP_TARGET_10", "targets-ten"),
+    case({"BACKUP_TARGET_1": "file://{tmp}/one"}, "BACKUP_TARGET_1", "targets-one-spelled-out"),
+    case({"BACKUP_TARGET_0": "file://{tmp}/zero"}, "BACKUP_TARGET_0", "targets-zero"),
+    case({"BACKUP_TARGET_02": "file://{tmp}/two"}, "BACKUP_TARGET_02", "targets-leading-zero"),
+    case({"BACKUP_TARGET_12_PASSWORD": PASSWORD}, "BACKUP_TARGET_12_PASSWORD", "targets-twelve-password"),
+    case({"BACKUP_TARGET_2": "file://{tmp}/repo/"}, "BACKUP_TARGET_2", "targets-duplicate-file"),
+    case({"BACKUP_TARGET": "sftp://bob@host/srv/b", "BACKUP_TARGET_2": "sftp://bob@HOST:22/srv//b/"},
+         "BACKUP_TARGET_2", "targets-duplicate-sftp"),
+    case({"BACKUP_TARGET": "ftp://bob@host/srv/b", "BACKUP_TARGET_2": "ftps://bob@host/srv/b"},
+         "BACKUP_TARGET_2", "targets-duplicate-ftp-and-ftps"),
+    case({"BACKUP_TARGET_2": "file://{tmp}/two", "BACKUP_TARGET_3": "file://{tmp}/repo"},
+         "BACKUP_TARGET_3", "targets-duplicate-of-the-first"),
+    case({"BACKUP_TARGET_2": "file://{tmp}/link-to-repo"}, "BACKUP_TARGET_2", "targets-duplicate-through-a-symlink"),
+    case({"BACKUP_TARGET_2_PASSWORD": PASSWORD}, "BACKUP_TARGET_2_PASSWORD", "targets-password-of-unset"),
+    case({"BACKUP_TARGET_2_PASSWORD_FILE": "{secret}"}, "BACKUP_TARGET_2_PASSWORD_FILE",
+         "targets-password-file-of-unset"),
+    case({"BACKUP_TARGET_2_SSH_KEY": "{secret}"}, "BACKUP_TARGET_2_SSH_KEY", "targets-ssh-key-of-unset"),
+    case({"BACKUP_TARGET_9_TLS_CA_FILE": "{secret}"}, "BACKUP_TARGET_9_TLS_CA_FILE", "targets-ca-file-of-unset"),
+    case({"BACKUP_TARGET_2": "gopher://host/x"}, "BACKUP_TARGET_2", "targets-second-unknown-scheme"),
+    case({"BACKUP_TARGET_2": "sftp://bob@host"}, "BACKUP_TARGET_2", "targets-second-no-path"),
+    case({"BACKUP_TARGET_2": "sftp://bob@host/x", "BACKUP_TARGET_2_PASSWORD": PASSWORD,
+          "BACKUP_TARGET_2_PASSWORD_FILE": "{secret}"}, "BACKUP_TARGET_2_PASSWORD", "targets-password-twice"),
+    case({"BACKUP_TARGET_2": "sftp://bob@host/x", "BACKUP_TARGET_2_PASSWORD_FILE": "{tmp}/no-such-secret"},
+         "BACKUP_TARGET_2_PASSWORD_FILE", "targets-password-file-missing"),
+    case({"BACKUP_TARGET_2": "sftp://bob@host/x", "BACKUP_TARGET_2_SSH_KEY": "{tmp}/no-such-key"},
+         "BACKUP_TARGET_2_SSH_KEY", "targets-ssh-key-missing"),
+    case({"BACKUP_TARGET_2": "ftps://bob@host/x", "BACKUP_TARGET_2_TLS_CA_FILE": "{src}"},
+         "BACKUP_TARGET_2_TLS_CA_FILE", "targets-ca-file-a-folder"),
+    case({"BACKUP_TARGET_2": "gopher://host/x", "BACKUP_TARGET_2_SSH_KEY": "{tmp}/no-such-key"},
+         "BACKUP_TARGET_2_SSH_KEY", "targets-ssh-key-missing-of-a-bad-target"),
+    case({"BACKUP_TARGET_2": "file://{tmp}/two", "BACKUP_TARGET_2_SSH_KEY": "{secret}"},
+         "BACKUP_TARGET_2_SSH_KEY", "targets-ssh-key-of-a-file-target"),
+    case({"BACKUP_TARGET_2": "ftp://bob@host/x", "BACKUP_TARGET_2_TLS_CA_FILE": "{secret}"},
+         "BACKUP_TARGET_2_TLS_CA_FILE", "targets-ca-file-of-plain-ftp"),
 ]
 
 
@@ -514,7 +556,7 @@ def test_the_state_folder_check_leaves_nothing_behind(paths):
     state = Path(paths["tmp"]) / "state"
     load_settings(base_env(paths), need_sources=True)
     assert not state.exists() and sorted(Path(paths["tmp"]).iterdir()) == sorted(
-        Path(paths[name]) for name in ("src", "file", "secret"))
+        [*(Path(paths[name]) for name in ("src", "file", "secret")), Path(paths["tmp"]) / "link-to-repo"])
     state.mkdir()
     load_settings(base_env(paths), need_sources=True)
     assert list(state.iterdir()) == []
@@ -523,3 +565,96 @@ def test_the_state_folder_check_leaves_nothing_behind(paths):
 def test_bounds_are_in_the_message(paths):
     error = load_bad({"BACKUP_RETRY_MAX_SECONDS": "1e15"}, paths)
     assert error.problems == ["BACKUP_RETRY_MAX_SECONDS: '1e15' must be between 0 and 31622400"]
+
+
+# -- several targets ------------------------------------------------------------------------------
+
+
+def test_every_target_problem_is_reported_at_once(paths):
+    error = load_bad({"BACKUP_TARGET_2": "file://{tmp}/repo", "BACKUP_TARGET_4": "file://{tmp}/four",
+                      "BACKUP_TARGET_5_PASSWORD": PASSWORD, "BACKUP_TARGET_11": "file:///x"}, paths)
+    named = sorted(problem.split(":", 1)[0] for problem in error.problems)
+    assert named == ["BACKUP_TARGET_11", "BACKUP_TARGET_2", "BACKUP_TARGET_4", "BACKUP_TARGET_5_PASSWORD"]
+    assert all(PASSWORD not in problem for problem in error.problems)
+
+
+def test_targets_keep_their_numbers_and_their_own_settings(paths, tmp_path):
+    own_key, shared_key, own_ca, shared_ca = (tmp_path / name for name in ("own-key", "key", "own-ca", "ca"))
+    for path in (own_key, shared_key, own_ca, shared_ca):
+        path.write_text("x")
+    target_password = tmp_path / "three-password"
+    target_password.write_text("third-Secret-77\n")
+    env = {
+        **base_env(paths),
+        "BACKUP_TARGET_PASSWORD": "first-Secret-11",
+        "BACKUP_SSH_KEY": str(shared_key),
+        "BACKUP_TLS_CA_FILE": str(shared_ca),
+        "BACKUP_TARGET_2": "sftp://bob:url-Secret-22@host/srv/b",
+        "BACKUP_TARGET_2_SSH_KEY": str(own_key),
+        "BACKUP_TARGET_3": "ftps://bob@host:2121/srv/b",
+        "BACKUP_TARGET_3_PASSWORD_FILE": str(target_password),
+        "BACKUP_TARGET_3_TLS_CA_FILE": str(own_ca),
+        "BACKUP_TARGET_4": "sftp://carol:url-Secret-44@host/srv/b",
+        "BACKUP_TARGET_4_PASSWORD": "fourth-Secret-44",
+        "BACKUP_TARGET_5": "ftps://bob@host/srv/b",
+    }
+    settings = load_settings(env, need_sources=True)
+    first, second, third, fourth, fifth = settings.targets
+    assert settings.target is first
+    assert [target.number for target in settings.targets] == [1, 2, 3, 4, 5]
+    assert [target.variable for target in settings.targets] == [
+        "BACKUP_TARGET", "BACKUP_TARGET_2", "BACKUP_TARGET_3", "BACKUP_TARGET_4", "BACKUP_TARGET_5"]
+    assert second.label() == "target 2 (sftp://bob@host/srv/b)"
+    assert (first.password, second.password, third.password, fourth.password, fifth.password) == (
+        "first-Secret-11", "url-Secret-22", "third-Secret-77", "fourth-Secret-44", None)
+    assert (first.ssh_key, second.ssh_key, fourth.ssh_key) == (shared_key, own_key, shared_key)
+    assert (first.tls_ca_file, third.tls_ca_file, fifth.tls_ca_file) == (shared_ca, own_ca, shared_ca)
+    assert sorted(settings.secrets()) == sorted(
+        ["first-Secret-11", "url-Secret-22", "third-Secret-77", "fourth-Secret-44"])
+    for secret in [*settings.secrets(), "url-Secret-44"]:
+        assert secret not in repr(settings) and secret not in str(settings.targets)
+        assert all(secret not in target.label() for target in settings.targets)
+
+
+def test_the_first_targets_password_is_not_another_targets(paths):
+    env = {**base_env(paths), "BACKUP_TARGET_PASSWORD": PASSWORD, "BACKUP_TARGET_2": "sftp://bob@host/srv"}
+    assert load_settings(env).targets[1].password is None
+
+
+def test_an_empty_numbered_variable_is_not_set(paths):
+    settings = load_settings({**base_env(paths), "BACKUP_TARGET_2": " ", "BACKUP_TARGET_2_PASSWORD": ""})
+    assert len(settings.targets) == 1
+
+
+def test_nine_targets(paths):
+    env = {**base_env(paths), **{f"BACKUP_TARGET_{n}": f"file://{paths['tmp']}/repo{n}" for n in range(2, 10)}}
+    assert [target.path for target in load_settings(env).targets][1:] == [
+        f"{paths['tmp']}/repo{n}" for n in range(2, 10)]
+
+
+class _Recording(dict):
+    """An environment that notes every variable the parser asks for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, name, default=None):
+        self.asked.add(name)
+        return super().get(name, default)
+
+    def __getitem__(self, name):
+        self.asked.add(name)
+        return super().__getitem__(name)
+
+
+def test_env_example_documents_every_variable_the_code_reads(paths):
+    env = _Recording({**base_env(paths), **{f"BACKUP_TARGET_{n}": f"file:///srv/b{n}" for n in range(2, 10)}})
+    load_settings(env, need_sources=True)
+    example = (Path(__file__).parents[2] / "env.example").read_text()
+    documented = set(re.findall(r"\b[A-Z][A-Z0-9_]+\b", example))
+    read = {re.sub(r"^BACKUP_TARGET_[3-9]", "BACKUP_TARGET_2", name) for name in env.asked
+            if name.startswith(("BACKUP_", "SMTP_", "MAIL_"))}
+    assert len(read) > 30
+    assert read - documented == set()
+    assert {"BACKUP_TARGET_2_PASSWORD_FILE", "BACKUP_TARGET_9"} <= documented

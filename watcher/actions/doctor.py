@@ -37,19 +37,21 @@ def check_state_dir(state_dir: Path) -> Verdict:
     return Verdict(True, "state folder", str(state_dir))
 
 
-def check_repository(open_repository: Callable[[], Repository], where: str) -> list[Verdict]:
-    """Reach the target and read the repository (a missing repository is fine: backup creates it)."""
+def check_repository(open_repository: Callable[[], Repository], where: str, name: str = "target",
+                     repository_name: str = "repository") -> list[Verdict]:
+    """Reach a target and read its repository (a missing repository is fine: backup creates it);
+    `name` and `repository_name` tell the checks of several targets apart."""
     try:
         repository = open_repository()
     except WatcherError as error:
         if "no repository at" in str(error):
-            return [Verdict(True, "target", f"{where} reachable; no repository yet (the first backup creates it)")]
-        return [Verdict(False, "target", str(error))]
+            return [Verdict(True, name, f"{where} reachable; no repository yet (the first backup creates it)")]
+        return [Verdict(False, name, str(error))]
     try:
         count = len(repository.snapshot_ids())
         detail = f"{count} snapshots, {len(repository.packs)} packs"
-        return [Verdict(True, "target", where), Verdict(True, "repository", detail)]
+        return [Verdict(True, name, where), Verdict(True, repository_name, detail)]
     except WatcherError as error:
-        return [Verdict(True, "target", where), Verdict(False, "repository", str(error))]
+        return [Verdict(True, name, where), Verdict(False, repository_name, str(error))]
     finally:
         repository.close()
