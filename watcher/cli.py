@@ -110,6 +110,7 @@ class Context:
             self.out(self.target.label())
 
     def target_json(self) -> dict[str, object]:
+        """The target a `--json` item comes from ("repository": `target` is a symlink's in `ls`)."""
         assert self.target is not None
         return {"number": self.target.number, "url": self.target.describe()}
 
@@ -183,8 +184,9 @@ def cmd_snapshots(context: Context, args: argparse.Namespace) -> int:
     repository = context.open_repository()
     snapshots = repository.list_snapshots()  # those it cannot read are named in one warning each
     if args.json:
-        context.out(json.dumps({"target": context.target_json(),
-                                "snapshots": [snapshot_as_json(snapshot) for snapshot in snapshots]}, indent=1))
+        where = context.target_json()
+        context.out(json.dumps([{**snapshot_as_json(snapshot), "repository": where} for snapshot in snapshots],
+                               indent=1))
         return ExitCode.OK
     context.name_target()
     context.out(f"{'ID':<25} {'TIME (UTC)':<20} {'HOST':<16} {'FILES':>8} {'SIZE':>11} {'ADDED':>11}")
@@ -203,8 +205,9 @@ def cmd_ls(context: Context, args: argparse.Namespace) -> int:
     snapshot = repository.find_snapshot(args.snapshot)
     entries = list_entries(repository, snapshot, args.path)
     if args.json:
-        context.out(json.dumps({"target": context.target_json(), "snapshot": snapshot.id,
-                                "entries": [entry.as_json() for entry in entries]}, indent=1))
+        where = context.target_json()
+        context.out(json.dumps([{**entry.as_json(), "snapshot": snapshot.id, "repository": where}
+                                for entry in entries], indent=1))
     else:
         context.name_target()
         for entry in entries:

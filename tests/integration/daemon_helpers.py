@@ -64,11 +64,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def watcher_json(env: dict[str, str], *args: str) -> list[dict[str, object]]:
-    """The list that `snapshots --json` or `ls --json` holds (beside the target it describes)."""
+    """The list that `snapshots --json` or `ls --json` prints."""
     done = subprocess.run([sys.executable, "-m", "watcher", *args, "--json"], env=env, capture_output=True,
                           text=True, timeout=120, check=True)
-    document = json.loads(done.stdout)
-    return document["snapshots"] if "snapshots" in document else document["entries"]
+    return json.loads(done.stdout)
 
 
 def snapshot_paths(env: dict[str, str], snapshot: str = "latest") -> set[str]:

@@ -58,7 +58,7 @@ def test_every_command_over_sftp(sshd_server, source, tmp_path, capsys):
     (source / "many/f7.txt").unlink()
     assert run(capsys, ["backup"], env)[0] == 0
     code, out, _ = run(capsys, ["snapshots", "--json"], env)
-    listed = json.loads(out)["snapshots"]
+    listed = json.loads(out)
     assert code == 0 and listed[0]["id"] == first and len(listed) == 2
     code, out, _ = run(capsys, ["ls", "latest", str(source / "docs")], env)
     assert code == 0 and f"{source}/docs/new.txt" in out
@@ -151,7 +151,7 @@ def test_kill_9_during_an_sftp_backup(sshd_server, tmp_path, moment, capsys):
         process.wait(timeout=30)
     code, out, _ = run(capsys, ["check", "--read-data"], env)
     assert code == 0, out
-    assert len(json.loads(run(capsys, ["snapshots", "--json"], env)[1])["snapshots"]) <= 1
+    assert len(json.loads(run(capsys, ["snapshots", "--json"], env)[1])) <= 1
     assert run(capsys, ["backup"], env)[0] == 0
     assert run(capsys, ["restore", "latest", "--to", str(tmp_path / "out")], env)[0] == 0
     assert describe_tree(tmp_path / "out" / str(source).lstrip("/")) == describe_tree(source)

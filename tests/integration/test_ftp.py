@@ -434,7 +434,7 @@ def test_the_commands_over_ftps(ftps_server: FtpServer, source: Path, tmp_path: 
     (source / "small" / "00" / "0001.txt").write_bytes(b"changed")
     (source / "added.txt").write_bytes(b"new")
     run.ok("backup")
-    listed = json.loads(run.ok("snapshots", "--json"))["snapshots"]
+    listed = json.loads(run.ok("snapshots", "--json"))
     assert len(listed) == 2
     first, second = listed[0]["id"], listed[1]["id"]
     difference = run.ok("diff", first, second)

@@ -28,7 +28,7 @@ def file_env(sources: list[Path], tmp_path: Path, **extra: str) -> dict[str, str
 def snapshots(capsys, env: dict[str, str]) -> list[dict]:
     capsys.readouterr()
     assert main(["snapshots", "--json"], env) == 0
-    return json.loads(capsys.readouterr().out)["snapshots"]
+    return json.loads(capsys.readouterr().out)
 
 
 def backup(capsys, env: dict[str, str]) -> tuple[int, str]:

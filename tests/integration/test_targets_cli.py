@@ -77,11 +77,11 @@ def test_the_second_targets_own_ssh_key_logs_in_and_the_shared_one_is_its_fallba
     # Its own key, the shared one refused by the server: it logs in with its own, no password at all.
     own = {**two, "BACKUP_SSH_KEY": str(refused), "BACKUP_TARGET_2_SSH_KEY": str(good)}
     code, out, _ = run(capsys, ["snapshots", "--json", "--target", "2"], own)
-    assert code == 0 and len(json.loads(out)["snapshots"]) == 1
+    assert code == 0 and len(json.loads(out)) == 1
     # No key of its own: the shared one.
     shared = {**two, "BACKUP_SSH_KEY": str(good)}
     code, out, _ = run(capsys, ["snapshots", "--json", "--target", "2"], shared)
-    assert code == 0 and json.loads(out)["target"]["url"] == sftp_url(sshd_server, root)
+    assert code == 0 and json.loads(out)[0]["repository"]["url"] == sftp_url(sshd_server, root)
     # Its own key wins over the shared one: a refused own key fails even though the shared one would do.
     wrong = {**two, "BACKUP_SSH_KEY": str(good), "BACKUP_TARGET_2_SSH_KEY": str(refused)}
     code, out, err = run(capsys, ["snapshots", "--target", "2"], wrong)
@@ -102,7 +102,7 @@ def test_the_second_targets_own_password_file(sshd_server, source, tmp_path, cap
            "BACKUP_TARGET_PASSWORD": FIRST_PASSWORD, "BACKUP_TARGET_2": sftp_url(sshd_server, root)}
     own = {**two, "BACKUP_TARGET_2_PASSWORD_FILE": str(secret)}
     code, out, _ = run(capsys, ["snapshots", "--json", "--target", "2"], own)
-    assert code == 0 and len(json.loads(out)["snapshots"]) == 1
+    assert code == 0 and len(json.loads(out)) == 1
     # Without one, target 2 has no password: the first target's is not lent to it.
     code, out, err = run(capsys, ["snapshots", "--target", "2"], two)
     assert code == 1 and FIRST_PASSWORD not in out + err
@@ -120,7 +120,7 @@ def test_the_second_targets_own_ca_file_verifies_ftps_and_the_shared_one_is_its_
     wrong_ca = other_ca(tmp_path)
     own = {**two, "BACKUP_TLS_CA_FILE": str(wrong_ca), "BACKUP_TARGET_2_TLS_CA_FILE": str(ftps_server.ca_file)}
     code, out, _ = run(capsys, ["snapshots", "--json", "--target", "2"], own)
-    assert code == 0 and len(json.loads(out)["snapshots"]) == 1
+    assert code == 0 and len(json.loads(out)) == 1
     shared = {**two, "BACKUP_TLS_CA_FILE": str(ftps_server.ca_file)}
     assert run(capsys, ["check", "--target", "2"], shared)[0] == 0
     wrong = {**two, "BACKUP_TLS_CA_FILE": str(ftps_server.ca_file), "BACKUP_TARGET_2_TLS_CA_FILE": str(wrong_ca)}
@@ -146,12 +146,12 @@ def test_every_command_on_an_sftp_and_an_ftps_target(sshd_server, ftps_server, s
         env["BACKUP_TARGET_2_TLS_CA_FILE"] = str(ftps_server.ca_file)
 
     listed = {n: json.loads(run(capsys, ["snapshots", "--json", "--target", str(n)], env)[1]) for n in (1, 2)}
-    assert listed[1]["target"] == {"number": 1, "url": sftp_url(sshd_server, sftp_root)}
-    assert listed[2]["target"] == {"number": 2, "url": ftps_url(ftps_server, ftps_root)}
-    assert listed[1]["snapshots"][0]["id"] != listed[2]["snapshots"][0]["id"]
+    assert listed[1][0]["repository"] == {"number": 1, "url": sftp_url(sshd_server, sftp_root)}
+    assert listed[2][0]["repository"] == {"number": 2, "url": ftps_url(ftps_server, ftps_root)}
+    assert listed[1][0]["id"] != listed[2][0]["id"]
     code, out, _ = run(capsys, ["ls", "latest", str(source / "docs"), "--target", "2"], env)
     assert code == 0 and out.splitlines()[0] == f"target 2 ({ftps_url(ftps_server, ftps_root)})"
-    code, out, _ = run(capsys, ["diff", listed[2]["snapshots"][0]["id"], "latest", "--target", "2"], env)
+    code, out, _ = run(capsys, ["diff", listed[2][0]["id"], "latest", "--target", "2"], env)
     assert code == 0 and "0 added, 0 removed, 0 changed" in out
     for number in (1, 2):
         to = str(tmp_path / f"out{number}")

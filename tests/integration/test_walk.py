@@ -153,7 +153,7 @@ def test_a_folder_swapped_for_a_symlink_after_lstat_is_not_followed(tmp_path, se
     assert "victim" in err and "symlink" in err
     assert SECRET not in repository_bytes(tmp_path / "repo")
     main(["ls", "latest", "--json"], env)
-    paths = {entry["path"] for entry in json.loads(capsys.readouterr().out)["entries"]}
+    paths = {entry["path"] for entry in json.loads(capsys.readouterr().out)}
     assert f"{source}/ok.txt" in paths and not any("secret" in path for path in paths)
 
 
@@ -198,7 +198,7 @@ def test_a_source_that_is_a_symlink_is_followed_as_configured_and_said(tmp_path,
     captured = capsys.readouterr()
     assert f"{source} is reached through a symlink" in captured.err and str(real) in captured.err
     main(["ls", "latest", "--json"], env)
-    assert f"{source}/a.txt" in {entry["path"] for entry in json.loads(capsys.readouterr().out)["entries"]}
+    assert f"{source}/a.txt" in {entry["path"] for entry in json.loads(capsys.readouterr().out)}
 
 
 def test_a_source_that_becomes_a_symlink_later_is_not_followed(tmp_path, secret, capsys):

@@ -53,7 +53,7 @@ class Runner:
         return out
 
     def snapshot_ids(self) -> list[str]:
-        return [snapshot["id"] for snapshot in json.loads(self.ok("snapshots", "--json"))["snapshots"]]
+        return [snapshot["id"] for snapshot in json.loads(self.ok("snapshots", "--json"))]
 
 
 def make_tree(src: Path) -> None:
@@ -166,14 +166,14 @@ def test_env_file_is_used(run, tmp_path, paths):
     env_file.write_text(f"BACKUP_TARGET=file://{paths['repo']}\nBACKUP_STATE_DIR={tmp_path}/state\n")
     run.ok("backup")
     code, out, _err = run("--env-file", str(env_file), "snapshots", "--json", env={})
-    assert code == 0 and len(json.loads(out)["snapshots"]) == 1
+    assert code == 0 and len(json.loads(out)) == 1
 
 
 def test_dotenv_in_working_directory_is_used(run, paths, tmp_path):
     run.ok("backup")
     Path(".env").write_text(f"BACKUP_TARGET=file://{paths['repo']}\nBACKUP_STATE_DIR={tmp_path}/state\n")
     code, out, _err = run("snapshots", "--json", env={})
-    assert code == 0 and len(json.loads(out)["snapshots"]) == 1
+    assert code == 0 and len(json.loads(out)) == 1
 
 
 def test_progress_bar_decision_follows_the_current_stderr(monkeypatch):
@@ -247,7 +247,7 @@ def test_snapshots_json(backed_up, paths):
     src = Path(paths["src"])
     (src / "new.txt").write_text("more\n")
     backed_up.ok("backup")
-    snapshots = json.loads(backed_up.ok("snapshots", "--json"))["snapshots"]
+    snapshots = json.loads(backed_up.ok("snapshots", "--json"))
     assert len(snapshots) == 2
     for snapshot in snapshots:
         assert {"id", "time", "host", "files", "bytes", "bytes_added"} <= snapshot.keys()
@@ -289,7 +289,7 @@ def test_ls_latest_path(backed_up, paths):
 
 def test_ls_json(backed_up, paths):
     src = paths["src"]
-    entries = {entry["path"]: entry for entry in json.loads(backed_up.ok("ls", "latest", src, "--json"))["entries"]}
+    entries = {entry["path"]: entry for entry in json.loads(backed_up.ok("ls", "latest", src, "--json"))}
     assert entries[f"{src}/a.txt"]["type"] == "file"
     assert entries[f"{src}/a.txt"]["size"] == 6
     assert entries[f"{src}/sub"]["type"] == "dir"
@@ -345,7 +345,7 @@ def test_snapshot_references(run, paths):
     src = paths["src"]
 
     def size_of_a(reference: str) -> int:
-        (entry,) = json.loads(run.ok("ls", reference, f"{src}/a.txt", "--json"))["entries"]
+        (entry,) = json.loads(run.ok("ls", reference, f"{src}/a.txt", "--json"))
         return entry["size"]
 
     assert size_of_a("latest") == len("changed content\n")
@@ -641,7 +641,7 @@ def test_hostile_names_are_escaped_in_ls_diff_and_restore(run, paths, tmp_path):
     for shown in SHOWN:
         assert f"{src}/names/{shown}/file\n" in out
     assert "link\\x1b]0;title\\x07 -> tar\\nget\\x1b[2J\n" in out
-    entries = json.loads(run.ok("ls", "latest", "--json"))["entries"]
+    entries = json.loads(run.ok("ls", "latest", "--json"))
     assert {f"{src}/names/{name}/file" for name in HOSTILE} <= {entry["path"] for entry in entries}
     first, second = run.snapshot_ids()
     out = run.ok("diff", first, second)
@@ -671,7 +671,7 @@ def test_a_hostile_host_name_is_escaped_in_snapshots(run, paths):
     assert code == 0
     assert_printable(out + err)
     assert "\\x1b[2Jevil\\nhos" in out
-    assert json.loads(run.ok("snapshots", "--json"))["snapshots"][0]["host"] == "\x1b[2Jevil\nhost"
+    assert json.loads(run.ok("snapshots", "--json"))[0]["host"] == "\x1b[2Jevil\nhost"
 
 
 def test_the_runs_log_holds_hostile_names_escaped_and_every_line_after_them(run, paths, tmp_path):
@@ -702,34 +702,31 @@ def two_targets(capsys, paths, tmp_path):
     return Runner(capsys, {**base, "BACKUP_TARGET": first, "BACKUP_TARGET_2": second})
 
 
-def listing(run: Runner, *argv: str) -> dict:
+def listing(run: Runner, *argv: str) -> list[dict]:
     return json.loads(run.ok(*argv, "--json"))
 
 
 def test_snapshots_json_names_its_target(two_targets, paths, tmp_path):
     default = listing(two_targets, "snapshots")
-    assert default["target"] == {"number": 1, "url": f"file://{paths['repo']}"}
-    assert len(default["snapshots"]) == 1
+    assert [item["repository"] for item in default] == [{"number": 1, "url": f"file://{paths['repo']}"}]
     chosen = listing(two_targets, "snapshots", "--target", "2")
-    assert chosen["target"] == {"number": 2, "url": f"file://{tmp_path}/repo2"}
-    assert len(chosen["snapshots"]) == 2
+    assert [item["repository"] for item in chosen] == [{"number": 2, "url": f"file://{tmp_path}/repo2"}] * 2
     assert listing(two_targets, "snapshots", "--target", "1") == default
 
 
 def test_ls_json_names_its_target_and_snapshot(two_targets, paths, tmp_path):
     src = paths["src"]
-    one = listing(two_targets, "ls", "latest", f"{src}/a.txt", "--target", "2")
-    second_latest = listing(two_targets, "snapshots", "--target", "2")["snapshots"][-1]["id"]
-    assert one["target"] == {"number": 2, "url": f"file://{tmp_path}/repo2"}
-    assert one["snapshot"] == second_latest
-    [entry] = one["entries"]
+    [entry] = listing(two_targets, "ls", "latest", f"{src}/a.txt", "--target", "2")
+    second_latest = listing(two_targets, "snapshots", "--target", "2")[-1]["id"]
+    assert entry["repository"] == {"number": 2, "url": f"file://{tmp_path}/repo2"}
+    assert entry["snapshot"] == second_latest
     assert entry["size"] == len("only in the second target\n")
-    [entry] = listing(two_targets, "ls", "latest", f"{src}/a.txt")["entries"]
+    [entry] = listing(two_targets, "ls", "latest", f"{src}/a.txt")
     assert entry["size"] == len("hello\n")
 
 
 def test_diff_restore_check_and_forget_take_the_target(two_targets, paths, tmp_path):
-    first, second = (snapshot["id"] for snapshot in listing(two_targets, "snapshots", "--target", "2")["snapshots"])
+    first, second = (snapshot["id"] for snapshot in listing(two_targets, "snapshots", "--target", "2"))
     assert f"M {paths['src']}/a.txt" in two_targets.ok("diff", first, second, "--target", "2").splitlines()
     code, _out, err = two_targets("diff", first, second)
     assert code == 1 and len(error_lines(err)) == 1, "target 1 does not hold target 2's snapshots"
@@ -745,8 +742,8 @@ def test_diff_restore_check_and_forget_take_the_target(two_targets, paths, tmp_p
     assert code == 0 and f"forget {first}" in out
     code, out, _err = two_targets("forget", "--target", "2", env=env)
     assert code == 0 and "removed 1 snapshots" in out
-    assert len(listing(two_targets, "snapshots", "--target", "2")["snapshots"]) == 1
-    assert len(listing(two_targets, "snapshots")["snapshots"]) == 1
+    assert len(listing(two_targets, "snapshots", "--target", "2")) == 1
+    assert len(listing(two_targets, "snapshots")) == 1
 
 
 @pytest.mark.parametrize("argv", [["snapshots"], ["ls", "latest"], ["diff", "latest", "latest"],

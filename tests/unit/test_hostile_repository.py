@@ -112,7 +112,7 @@ def test_a_declared_length_beyond_the_pack_is_refused(run, paths, tmp_path, blob
     run.ok("backup")
     repo = Path(paths["repo"])
     hello = hashlib.sha256(Path(paths["src"], "a.txt").read_bytes()).hexdigest()
-    root = json.loads(run.ok("snapshots", "--json"))["snapshots"][0]["tree"]
+    root = json.loads(run.ok("snapshots", "--json"))[0]["tree"]
     sub = subtree_of(repo, root, f"{paths['src']}/sub")
     wanted = {"root tree": root, "file content": hello, "a folder's tree": sub}[blob]
 

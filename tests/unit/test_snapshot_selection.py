@@ -263,7 +263,7 @@ def test_snapshots_lists_what_it_can_and_warns_about_the_rest(cli, with_unreadab
     assert "1 snapshots; 1 more cannot be read" in out
     assert len(lines_naming(err, unreadable)) == 1, err
     code, out, err = cli("snapshots", "--json")
-    assert code == 0 and [snapshot["id"] for snapshot in json.loads(out)["snapshots"]] == [first]
+    assert code == 0 and [snapshot["id"] for snapshot in json.loads(out)] == [first]
     assert len(lines_naming(err, unreadable)) == 1, err
 
 
