@@ -135,6 +135,13 @@ def choose_target(settings: Settings, number: int) -> Target:
 NO_RETRY = "watcher backup does not retry by itself: run it again once the cause is fixed"
 
 
+def _failure(outcome: TargetOutcome) -> str:
+    """`target N (URL): cause`, the URL said once: most causes start with it already."""
+    cause, url = str(outcome.error), outcome.target.describe()
+    name = f"target {outcome.target.number}" if cause.startswith(url) else outcome.target.label()
+    return f"{name}: {cause}"
+
+
 def cmd_backup(context: Context, args: argparse.Namespace) -> int:
     """Back up to every target in turn; one that fails does not keep the others from their snapshot."""
     settings = context.settings
@@ -152,8 +159,7 @@ def cmd_backup(context: Context, args: argparse.Namespace) -> int:
             prefix = f"{outcome.target.label()}: " if len(outcomes) > 1 else ""
             context.out(prefix + describe_result(outcome.result))
     if failed:
-        raise WatcherError("backup failed for " + "; ".join(f"{outcome.target.label()}: {outcome.error}"
-                                                             for outcome in failed))
+        raise WatcherError("backup failed for " + "; ".join(map(_failure, failed)))
     warnings = sum(len(outcome.result.warnings) for outcome in outcomes if outcome.result)
     if warnings:
         context.out(f"{warnings} warnings: some files could not be read (see the log above)")
