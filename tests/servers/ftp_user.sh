@@ -10,6 +10,10 @@ set -eu
 
 FTP_USER=watcher-ftp
 FTP_PASSWORD=watcher-ftp-test-only
+# The container (docker/ftp/start.sh) passes a file holding the stack's own password instead.
+if [ $# -gt 0 ]; then
+    FTP_PASSWORD=$(cat "$1")
+fi
 PAM_SERVICE=watcher-ftp
 
 if [ "$(id -u)" -ne 0 ]; then

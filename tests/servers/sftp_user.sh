@@ -9,6 +9,10 @@ set -eu
 
 SFTP_USER=watcher-sftp
 SFTP_PASSWORD=watcher-sftp-test-only
+# The container (docker/sftp/start.sh) passes a file holding the stack's own password instead.
+if [ $# -gt 0 ]; then
+    SFTP_PASSWORD=$(cat "$1")
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "sftp_user.sh: must run as root" >&2
