@@ -5,7 +5,8 @@
 #   ./install_all.sh --run      install, then run the daemon: watch ./data, back it up to the local
 #                               repository ./backups (the embedded default; BACKUP_* variables you set win)
 #   ./install_all.sh --test     install, add what the tests need (pytest, Debian's openssh-server,
-#                               vsftpd and the test account), then run the whole test suite
+#                               vsftpd and the test accounts, a Docker engine with Compose: see
+#                               docker/engine.sh), then run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -49,8 +50,11 @@ case "$mode" in
     fi
     as_root bash tests/servers/sftp_user.sh
     as_root bash tests/servers/ftp_user.sh
+    # A Docker engine and Compose for tests/container (started here when none runs, stopped at the end).
+    eval "$(bash docker/engine.sh start)"
+    trap 'bash docker/engine.sh stop "${WATCHER_ENGINE_PID:-}"' EXIT
     .venv/bin/ruff check .
-    exec .venv/bin/python -m pytest -q
+    .venv/bin/python -m pytest -q
     ;;
 esac
 echo "installed: .venv/bin/watcher --help"
