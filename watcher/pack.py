@@ -12,17 +12,25 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 
-from watcher import fields
+import zstandard
+
+from watcher import crypto, fields
 from watcher.errors import IntegrityError
 
 MAGIC = b"WPACK001"
+MAGIC_V2 = b"WPACK002"
 TRAILER = struct.Struct("<I8s")
 PACK_TARGET = 16 * 1024 * 1024
 HEADER_VERSION = 1
 ENCODINGS = ("raw", "zlib")
+ENCODINGS_V2 = ("raw", "zstd")
+# BACKUP_COMPRESSION -> zstd level (None: store as is). `auto` is zstd's default level: a few hundred
+# MB/s a core, most of what the higher levels gain on text; `max` trades much more CPU for a little.
+COMPRESSION_LEVELS = {"auto": 3, "max": 19, "off": None}
 BLOB_TYPES = ("data", "tree")
 # The most bytes a stored blob may inflate to: a data chunk is at most the chunker's largest
 # (2^24 at most, see RepoConfig), a tree is one folder's listing (about 200 bytes an entry, so this
@@ -47,24 +55,24 @@ class BlobEntry:
         return [self.id, self.type, self.encoding, self.offset, self.length]
 
     @classmethod
-    def from_row(cls, row: object, pack: str) -> BlobEntry:
+    def from_row(cls, row: object, pack: str, encodings: tuple[str, ...] = ENCODINGS) -> BlobEntry:
         """A row of a pack header or an index, every field checked (FieldError otherwise)."""
         blob_id, blob_type, encoding, offset, length = fields.array(row, "blob row", 5)
         return cls(fields.hex_id(blob_id, "blob id"), fields.choice(blob_type, "blob type", BLOB_TYPES),
-                   fields.choice(encoding, "encoding", ENCODINGS), fields.integer(offset, "offset"),
+                   fields.choice(encoding, "encoding", encodings), fields.integer(offset, "offset"),
                    fields.integer(length, "length"), pack)
+
+    def where(self) -> str:
+        return f"blob {self.id[:12]} in pack {self.pack[:12]}"
 
 
 def encode_blob(data: bytes | memoryview, encoding: str) -> bytes:
     return zlib.compress(data, 6) if encoding == "zlib" else bytes(data)
 
 
-def decode_blob(stored: bytes | memoryview, entry: BlobEntry) -> bytes | memoryview:
+def decode_blob(stored: bytes | memoryview, entry: BlobEntry, codec: Codec | None = None) -> bytes | memoryview:
     """The blob's content, verified against its id: every byte read back is checked."""
-    data = _inflate(stored, entry) if entry.encoding == "zlib" else stored
-    if hashlib.sha256(data).hexdigest() != entry.id:
-        raise IntegrityError(f"blob {entry.id[:12]} in pack {entry.pack[:12]} does not match its hash")
-    return data
+    return (codec or PLAIN).decode(stored, entry)
 
 
 def _inflate(stored: bytes | memoryview, entry: BlobEntry) -> bytes:
@@ -90,47 +98,186 @@ def _inflate(stored: bytes | memoryview, entry: BlobEntry) -> bytes:
     return bytes(data)
 
 
-class PackBuilder:
-    """Accumulates encoded blobs; `finish()` returns the pack's bytes and its entries."""
+class Codec:
+    """Format v1's encodings: blob ids are SHA-256, trees zlib, nothing encrypted."""
 
-    def __init__(self) -> None:
-        self.buffer = bytearray()
+    version = 1
+    magic = MAGIC
+    encodings = ENCODINGS
+    encrypted = False
+
+    def blob_id(self, data: bytes | memoryview) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    def encode_into(self, out: bytearray, blob_id: str, blob_type: str, data: bytes | memoryview) -> str:
+        """Append the stored form of a blob to `out`; return its encoding."""
+        encoding = "zlib" if blob_type == "tree" else "raw"
+        out += encode_blob(data, encoding)
+        return encoding
+
+    def decode(self, stored: bytes | memoryview, entry: BlobEntry) -> bytes | memoryview:
+        data = _inflate(stored, entry) if entry.encoding == "zlib" else stored
+        if self.blob_id(data) != entry.id:
+            raise IntegrityError(f"{entry.where()} does not match its hash")
+        return data
+
+    def seal(self, kind: str, name: str, data: bytes) -> bytes:
+        """An index file's, a snapshot's or a pack header's stored bytes (`kind`, `name` say which)."""
+        return data
+
+    def unseal(self, kind: str, name: str, data: bytes | memoryview, what: str) -> bytes | memoryview:
+        return data
+
+
+PLAIN = Codec()
+
+
+def associated(kind: str, name: str = "") -> bytes:
+    """What a sealed object of format v2 is bound to (docs/FORMAT.md): a swapped object fails."""
+    return f"watcher-v2 {kind} {name}".rstrip().encode()
+
+
+def blob_associated(blob_type: str, encoding: str, blob_id: str) -> bytes:
+    return f"watcher-v2 blob {blob_type} {encoding} {blob_id}".encode()
+
+
+class EncryptedCodec(Codec):
+    """Format v2: blob ids are HMAC-SHA256 under the repository's MAC key; every blob (compressed
+    with zstd first, unless that does not shrink it), pack header, index file and snapshot is
+    sealed (`crypto.seal`); see docs/FORMAT.md."""
+
+    version = 2
+    magic = MAGIC_V2
+    encodings = ENCODINGS_V2
+    encrypted = True
+
+    def __init__(self, master: crypto.MasterKey, compression: str = "auto") -> None:
+        self.master = master
+        self.level = COMPRESSION_LEVELS[compression]
+        self.local = threading.local()  # zstd contexts are not thread-safe
+
+    def blob_id(self, data: bytes | memoryview) -> str:
+        return self.master.blob_id(data)
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        compressor = getattr(self.local, "compressor", None)
+        if compressor is None:
+            compressor = self.local.compressor = zstandard.ZstdCompressor(level=self.level or 3,
+                                                                          write_content_size=True)
+        return compressor
+
+    def encode_into(self, out: bytearray, blob_id: str, blob_type: str, data: bytes | memoryview) -> str:
+        plain, encoding = data, "raw"
+        if self.level is not None and len(data):
+            packed = self._compressor().compress(data)
+            if len(packed) < len(data):
+                plain, encoding = packed, "zstd"
+        out += crypto.seal(self.master.encryption, plain, blob_associated(blob_type, encoding, blob_id))
+        return encoding
+
+    def decode(self, stored: bytes | memoryview, entry: BlobEntry) -> bytes | memoryview:
+        where = entry.where()
+        plain = crypto.unseal(self.master.encryption, stored, blob_associated(entry.type, entry.encoding, entry.id),
+                              where)
+        data = _unzstd(plain, entry, self.local) if entry.encoding == "zstd" else plain
+        if self.blob_id(data) != entry.id:
+            raise IntegrityError(f"{where} does not match its id")
+        return data
+
+    def seal(self, kind: str, name: str, data: bytes) -> bytes:
+        return crypto.seal(self.master.encryption, data, associated(kind, name))
+
+    def unseal(self, kind: str, name: str, data: bytes | memoryview, what: str) -> bytes:
+        return crypto.unseal(self.master.encryption, data, associated(kind, name), what)
+
+
+def _unzstd(plain: bytes, entry: BlobEntry, local: threading.local) -> bytes:
+    """Decompress a zstd frame that declares its size, at most INFLATED_LIMIT[type] bytes: the size
+    is read from the frame first, so no more than that is ever allocated."""
+    limit = INFLATED_LIMIT[entry.type]
+    where = entry.where()
+    try:
+        size = zstandard.frame_content_size(plain)
+        if size < 0:
+            raise IntegrityError(f"{where} is corrupt: its zstd frame does not say its size")
+        if size > limit:
+            raise IntegrityError(f"{where} inflates to more than the {limit} bytes a {entry.type} blob may hold")
+        decompressor = getattr(local, "decompressor", None)
+        if decompressor is None:
+            decompressor = local.decompressor = zstandard.ZstdDecompressor()
+        data = decompressor.decompress(plain, max_output_size=limit, allow_extra_data=False)
+    except zstandard.ZstdError as error:
+        raise IntegrityError(f"{where} is corrupt: {error}") from error
+    if len(data) != size:
+        raise IntegrityError(f"{where} is corrupt: it inflates to {len(data)} bytes, its frame says {size}")
+    return data
+
+
+class PackBuilder:
+    """Accumulates blobs (encoded already, or plain ones encoded at `finish`, which the upload
+    thread runs: compressing and encrypting there overlaps the scan); `finish()` returns the
+    pack's bytes and its entries."""
+
+    def __init__(self, codec: Codec | None = None) -> None:
+        self.codec = codec or PLAIN
+        self.items: list[tuple[str, str, str | None, bytes]] = []  # id, type, encoding (None: plain), bytes
+        self.size = 0
         self.entries: list[BlobEntry] = []
 
     def __len__(self) -> int:
-        return len(self.buffer)
+        return self.size
 
     def add(self, blob_id: str, blob_type: str, encoding: str, stored: bytes) -> None:
-        self.entries.append(BlobEntry(blob_id, blob_type, encoding, len(self.buffer), len(stored)))
-        self.buffer += stored
+        """An encoded blob, stored as it is (how `forget` repacks)."""
+        self.items.append((blob_id, blob_type, encoding, stored))
+        self.size += len(stored)
+
+    def add_plain(self, blob_id: str, blob_type: str, data: bytes | memoryview) -> None:
+        """A blob's content, encoded at `finish` (copied now: the caller's buffer is reused)."""
+        self.items.append((blob_id, blob_type, None, bytes(data)))
+        self.size += len(data)
 
     def finish(self) -> tuple[str, bytes, list[BlobEntry]]:
-        rows = [entry.as_row() for entry in self.entries]
-        header = json.dumps({"version": HEADER_VERSION, "blobs": rows}, separators=(",", ":"))
-        encoded = header.encode()
-        self.buffer += encoded + TRAILER.pack(len(encoded), MAGIC)
-        data = bytes(self.buffer)
-        self.buffer = bytearray()  # the copy above is what is uploaded: free the builder's one now
+        buffer = bytearray()
+        entries = []
+        items, self.items = self.items, []
+        for blob_id, blob_type, encoding, data in items:
+            offset = len(buffer)
+            if encoding is None:
+                encoding = self.codec.encode_into(buffer, blob_id, blob_type, data)
+            else:
+                buffer += data
+            entries.append(BlobEntry(blob_id, blob_type, encoding, offset, len(buffer) - offset))
+        del items
+        rows = [entry.as_row() for entry in entries]
+        header = json.dumps({"version": self.codec.version, "blobs": rows}, separators=(",", ":")).encode()
+        encoded = self.codec.seal("pack header", "", header)
+        buffer += encoded + TRAILER.pack(len(encoded), self.codec.magic)
+        data = bytes(buffer)
+        del buffer  # the copy above is what is uploaded: free the builder's one now
         pack_id = hashlib.sha256(data).hexdigest()
-        entries = [BlobEntry(e.id, e.type, e.encoding, e.offset, e.length, pack_id) for e in self.entries]
-        return pack_id, data, entries
+        self.entries = [BlobEntry(e.id, e.type, e.encoding, e.offset, e.length, pack_id) for e in entries]
+        return pack_id, data, self.entries
 
 
-def parse_header(pack_id: str, data: bytes) -> list[BlobEntry]:
+def parse_header(pack_id: str, data: bytes, codec: Codec | None = None) -> list[BlobEntry]:
     """Read the header at the end of a whole pack and check it describes the pack."""
+    codec = codec or PLAIN
     try:
         if len(data) < TRAILER.size:
             raise ValueError("too short")
         length, magic = TRAILER.unpack(data[-TRAILER.size :])
-        if magic != MAGIC:
+        if magic != codec.magic:
             raise ValueError("bad magic")
         start = len(data) - TRAILER.size - length
         if start < 0:
             raise ValueError("header longer than the pack")
-        document = fields.mapping(fields.load_json(data[start : len(data) - TRAILER.size]), "header")
-        fields.version(document, HEADER_VERSION, "pack header")
-        entries = [BlobEntry.from_row(row, pack_id) for row in fields.array(document["blobs"], "blobs")]
-    except (ValueError, KeyError, struct.error) as error:
+        header = codec.unseal("pack header", "", data[start : len(data) - TRAILER.size], "its header")
+        document = fields.mapping(fields.load_json(header), "header")
+        fields.version(document, codec.version, "pack header")
+        entries = [BlobEntry.from_row(row, pack_id, codec.encodings)
+                   for row in fields.array(document["blobs"], "blobs")]
+    except (ValueError, KeyError, struct.error, IntegrityError) as error:
         raise IntegrityError(f"pack {pack_id[:12]} has an unreadable header: {fields.reason(error)}") from error
     for entry in entries:
         if entry.offset < 0 or entry.offset + entry.length > start:

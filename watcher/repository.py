@@ -21,15 +21,23 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from watcher import fields
+from watcher import crypto, fields
 from watcher.backends.base import Backend
 from watcher.cache import LocalCache
-from watcher.errors import IntegrityError, NotFoundError, RepositoryError, SnapshotNotFoundError, TransientError
-from watcher.pack import PACK_TARGET, BlobEntry, PackBuilder, decode_blob, encode_blob
+from watcher.errors import (
+    ConfigError,
+    IntegrityError,
+    NotFoundError,
+    PermanentError,
+    RepositoryError,
+    SnapshotNotFoundError,
+    TransientError,
+)
+from watcher.pack import PACK_TARGET, PLAIN, BlobEntry, Codec, EncryptedCodec, PackBuilder
 from watcher.private import write_file
 from watcher.snapshot import (
     BadEntry,
@@ -47,6 +55,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_NAME = "watcher-repository"
 FORMAT_VERSION = 1
+FORMAT_ENCRYPTED = 2  # docs/FORMAT.md, "Version 2": everything but `config` sealed, zstd, keyed blob ids
+ENCRYPTION = "aes-256-gcm"
 INDEX_VERSION = 1
 INDEX_EVERY_PACKS = 8
 INDEX_BLOBS = 250_000  # the most blobs one index file names (about 27 MB)
@@ -56,6 +66,28 @@ STAT_PACKS_AT_MOST = 256  # more packs written: one listing of packs/ is cheaper
 
 class PacksRemovedError(RepositoryError, TransientError):
     """A `forget` removed data a running backup relies on; the next attempt reads the index again."""
+
+
+class WrongPasswordError(RepositoryError, PermanentError):
+    """No key of an encrypted repository opens with the password given: retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class Protection:
+    """How a repository is opened and created: BACKUP_REPOSITORY_PASSWORD, BACKUP_ENCRYPTION,
+    BACKUP_COMPRESSION, and whether the target is a server (a new repository there is refused
+    without a password unless encryption is `none`)."""
+
+    password: str | None = field(default=None, repr=False)
+    encryption: str = "auto"
+    compression: str = "auto"
+    server: bool = False
+
+
+# Master keys unwrapped in this process: (repository id, SHA-256 of the password) -> (key id, keys).
+# scrypt costs about half a second on purpose; the daemon opens its repositories again after a
+# failed run, and must not pay it again for each.
+_UNLOCKED: dict[tuple[str, str], tuple[str, crypto.MasterKey]] = {}
 
 # What `open` creates: it names the local cache's folder, so nothing else may pass (no `..`, no `/`).
 REPOSITORY_ID = re.compile(r"[0-9a-f]{32}")
@@ -108,14 +140,15 @@ class RepoConfig:
     pack_size: int = PACK_TARGET
     compression: str = "none"
     encryption: str = "none"
+    version: int = FORMAT_VERSION
 
     def encode(self) -> bytes:
         document = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": self.version,
             "id": self.id,
             "created": datetime.now(UTC).isoformat(),
-            "hash": "sha256",
+            "hash": "hmac-sha256" if self.version == FORMAT_ENCRYPTED else "sha256",
             "chunker": {"algorithm": "fastcdc2020", **vars(self.chunker)},
             "pack_size": self.pack_size,
             "compression": self.compression,
@@ -129,17 +162,23 @@ class RepoConfig:
             document = fields.mapping(fields.load_json(data), "config")
             if document.get("format") != FORMAT_NAME:
                 raise RepositoryError("the target holds something that is not a watcher repository")
-            if document.get("version") != FORMAT_VERSION:
-                raise RepositoryError(
-                    f"repository format version {document.get('version')} is not supported by this watcher"
-                )
-            if document.get("encryption", "none") != "none" or document.get("compression", "none") != "none":
-                raise RepositoryError("this repository uses encryption or compression this watcher cannot read")
+            version = document.get("version")
+            if type(version) is not int or version not in (FORMAT_VERSION, FORMAT_ENCRYPTED):
+                raise RepositoryError(f"repository format version {fields.shown(version)} is not supported by "
+                                      "this watcher")
+            expected = (("none", "none", "sha256") if version == FORMAT_VERSION
+                        else (ENCRYPTION, "zstd", "hmac-sha256"))
+            found = (document.get("encryption", "none"), document.get("compression", "none"),
+                     document.get("hash", "sha256"))
+            if found != expected:
+                raise RepositoryError(f"this repository (format {version}) uses encryption, compression or a hash "
+                                      f"this watcher cannot read: {fields.shown(list(found))}")
             repository_id = document["id"]
             if not isinstance(repository_id, str) or not REPOSITORY_ID.fullmatch(repository_id):
                 raise RepositoryError(f"repository config: the id {fields.shown(repository_id)} is not 32 hex digits")
             pack_size = fields.integer(document["pack_size"], "pack_size", 1, PACK_SIZE_MAX)
-            return cls(repository_id, _chunker_from_json(document["chunker"]), pack_size)
+            return cls(repository_id, _chunker_from_json(document["chunker"]), pack_size, expected[1],
+                       expected[0], version)
         except (ValueError, KeyError) as error:
             raise IntegrityError(f"repository config cannot be read: {fields.reason(error)}") from error
 
@@ -151,10 +190,13 @@ def pack_key(pack_id: str) -> str:
 class Repository:
     """A watcher repository on one backend, with a local cache for immutable objects."""
 
-    def __init__(self, backend: Backend, state_dir: Path | None) -> None:
+    def __init__(self, backend: Backend, state_dir: Path | None, protection: Protection | None = None) -> None:
         self.backend = backend
         self.state_dir = state_dir
+        self.protection = protection or Protection()
         self.config: RepoConfig | None = None
+        self.codec: Codec = PLAIN
+        self.key_id: str | None = None  # the key that opened an encrypted repository
         self.cache = LocalCache(None)
         self.blobs: dict[str, BlobEntry] = {}
         self.packs: dict[str, int] = {}
@@ -175,13 +217,107 @@ class Repository:
         except NotFoundError:
             if not create:
                 raise RepositoryError(f"no repository at {self.backend.describe()} (run a backup first)") from None
-            self.config = RepoConfig(os.urandom(16).hex(), ChunkerParams(), pack_size)
-            self.backend.put_bytes("config", self.config.encode())
-            log.info("created a new repository at %s", self.backend.describe())
+            self._create(pack_size)
         else:
             self.config = RepoConfig.decode(data)
+            if self.config.version == FORMAT_ENCRYPTED:
+                self._unlock()
+            elif self.protection.password:
+                log.warning("the repository at %s is not encrypted (format 1, made so or by an earlier watcher): "
+                            "BACKUP_REPOSITORY_PASSWORD is not used for it", self.backend.describe())
         if self.state_dir is not None:
-            self.cache = LocalCache(self.state_dir / "repos" / self.config.id / "cache.db")
+            self.cache = LocalCache(self.state_dir / "repos" / self.config.id / "cache.db",
+                                    {"tree": self.codec.blob_id})
+
+    def _create(self, pack_size: int) -> None:
+        """A new repository: encrypted when a password is given (and encryption is not `none`);
+        otherwise plain (format 1) on a `file://` target or when BACKUP_ENCRYPTION=none, and refused
+        on a server target."""
+        protection, where = self.protection, self.backend.describe()
+        repository_id = os.urandom(16).hex()
+        if protection.password and protection.encryption != "none":
+            self.config = RepoConfig(repository_id, ChunkerParams(), pack_size, "zstd", ENCRYPTION, FORMAT_ENCRYPTED)
+            master = crypto.MasterKey.generate()
+            self._use(master, self._put_key(master, protection.password))
+            self.backend.put_bytes("config", self.config.encode())  # last: a repository exists once it has a config
+            log.info("created a new encrypted repository at %s (keep BACKUP_REPOSITORY_PASSWORD safe: without it "
+                     "the backups cannot be read)", where)
+            return
+        if protection.encryption != "none" and protection.server:
+            raise ConfigError([f"BACKUP_REPOSITORY_PASSWORD: required to create the new repository at {where}: "
+                               "a repository on a server is encrypted (set BACKUP_ENCRYPTION=none to store it "
+                               "unencrypted on purpose)"])
+        self.config = RepoConfig(repository_id, ChunkerParams(), pack_size)
+        self.backend.put_bytes("config", self.config.encode())
+        why = "BACKUP_ENCRYPTION=none" if protection.encryption == "none" else "BACKUP_REPOSITORY_PASSWORD is not set"
+        log.info("created a new repository at %s, not encrypted (%s)", where, why)
+
+    def _use(self, master: crypto.MasterKey, key_id: str) -> None:
+        assert self.config is not None
+        self.codec = EncryptedCodec(master, self.protection.compression)
+        self.key_id = key_id
+
+    def _put_key(self, master: crypto.MasterKey, password: str) -> str:
+        assert self.config is not None
+        data = crypto.wrap_key(master, self.config.id, password, crypto.tuned_params())
+        key_id = digest(data)
+        self.backend.put_bytes(f"keys/{key_id}", data)
+        _UNLOCKED[(self.config.id, digest(password.encode()))] = (key_id, master)
+        return key_id
+
+    def key_ids(self) -> list[str]:
+        return sorted(info.key.split("/", 1)[1] for info in self.backend.list("keys"))
+
+    def read_key(self, key_id: str) -> crypto.KeyFile:
+        return crypto.decode_key_file(key_id, self.backend.get_bytes(f"keys/{key_id}", crypto.KEY_FILE_LIMIT))
+
+    def _unlock(self) -> None:
+        """Find the key the password opens (once per process and repository: scrypt costs ~0.5 s)."""
+        assert self.config is not None
+        password, where = self.protection.password, self.backend.describe()
+        if not password:
+            raise ConfigError([f"BACKUP_REPOSITORY_PASSWORD: the repository at {where} is encrypted: set it (or "
+                               "BACKUP_REPOSITORY_PASSWORD_FILE) to the password of one of its keys"])
+        listed = self.key_ids()
+        remembered = _UNLOCKED.get((self.config.id, digest(password.encode())))
+        if remembered is not None and remembered[0] in listed:
+            self._use(remembered[1], remembered[0])
+            return
+        damaged = []
+        for key_id in listed:
+            try:
+                key = self.read_key(key_id)
+            except (IntegrityError, NotFoundError) as error:
+                damaged.append(str(error))
+                continue
+            master = key.unwrap(password, self.config.id)
+            if master is not None:
+                _UNLOCKED[(self.config.id, digest(password.encode()))] = (key_id, master)
+                self._use(master, key_id)
+                return
+        detail = f"; {len(damaged)} key files are damaged ({'; '.join(damaged[:3])})" if damaged else ""
+        if not listed:
+            detail = "; it has no key at all (keys/ is empty)"
+        raise WrongPasswordError(f"BACKUP_REPOSITORY_PASSWORD does not open the encrypted repository at {where}: "
+                                 f"wrong password{detail}")
+
+    def add_key(self, password: str) -> str:
+        """A new key for the open repository's master keys, opened by `password`; its id."""
+        if not isinstance(self.codec, EncryptedCodec):
+            raise RepositoryError(f"the repository at {self.backend.describe()} is not encrypted: it has no keys")
+        return self._put_key(self.codec.master, password)
+
+    def remove_key(self, key_id: str) -> None:
+        """Remove a key, never the last one, nor the one this process opened the repository with."""
+        listed = self.key_ids()
+        if key_id not in listed:
+            raise RepositoryError(f"no key {key_id}")
+        if len(listed) == 1:
+            raise RepositoryError(f"key {key_id[:12]} is the repository's last key: add another first")
+        if key_id == self.key_id:
+            raise RepositoryError(f"key {key_id[:12]} is the one BACKUP_REPOSITORY_PASSWORD opens: "
+                                  "use `watcher key passwd` to change it")
+        self.backend.delete(f"keys/{key_id}")
 
     def close(self) -> None:
         self.cache.close()
@@ -202,6 +338,7 @@ class Repository:
         self.cache.commit()
 
     def _read_index(self, index_id: str) -> bytes:
+        """An index file as stored (encrypted in format 2: so it stays in the local cache too)."""
         data = self.cache.get_blob(index_id)
         if data is None:
             data = self.backend.get_bytes(f"index/{index_id}", INDEX_LIMIT)
@@ -213,14 +350,16 @@ class Repository:
     def _add_index(self, index_id: str, data: bytes) -> None:
         """Read a whole index before using any of it: a bad one changes nothing."""
         packs = []
+        encodings = self.codec.encodings
+        plain = self.codec.unseal("index", "", data, f"index {index_id[:12]}")
         try:
-            document = fields.mapping(fields.load_json(data), "index")
-            fields.version(document, INDEX_VERSION, "index")
+            document = fields.mapping(fields.load_json(plain), "index")
+            fields.version(document, self.codec.version, "index")
             for pack in fields.array(document["packs"], "packs"):
                 pack = fields.mapping(pack, "pack")
                 pack_id = fields.hex_id(pack["id"], "pack id")
                 size = fields.integer(pack["size"], "pack size")
-                packs.append((pack_id, size, [BlobEntry.from_row(row, pack_id)
+                packs.append((pack_id, size, [BlobEntry.from_row(row, pack_id, encodings)
                                               for row in fields.array(pack["blobs"], "blobs")]))
         except (ValueError, KeyError) as error:
             raise IntegrityError(f"index {index_id[:12]} cannot be read: {fields.reason(error)}") from error
@@ -262,7 +401,7 @@ class Repository:
         entry = self.locate(blob_id)
         with self.lock:
             stored = self.backend.read_range(pack_key(entry.pack), entry.offset, entry.length)
-        return bytes(decode_blob(stored, entry))
+        return bytes(self.codec.decode(stored, entry))
 
     def check_expansion(self, snapshot: Snapshot, tree_id: str | None = None) -> None:
         """Refuse, before walking it, a snapshot whose tree (or the subtree `tree_id` of it)
@@ -318,7 +457,7 @@ class Repository:
             except NotFoundError:
                 raise SnapshotNotFoundError(f"snapshot {snapshot_id} not found") from None
             self.cache.put_snapshot(snapshot_id, data)
-        return decode_snapshot(snapshot_id, data)
+        return decode_snapshot(snapshot_id, self.codec.unseal("snapshot", snapshot_id, data, f"snapshot {snapshot_id}"))
 
     def list_snapshots(self) -> list[Snapshot]:
         """Every snapshot that can be read, oldest first (by the time its host's clock gave it).
@@ -419,7 +558,7 @@ class Repository:
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """The commit point of a backup: written last, atomically, once all it names exists."""
-        data = encode_snapshot(snapshot)
+        data = self.codec.seal("snapshot", snapshot.id, encode_snapshot(snapshot))
         with self.lock:
             self.backend.put_bytes(f"snapshots/{snapshot.id}", data)
         self.cache.put_snapshot(snapshot.id, data)
@@ -493,13 +632,13 @@ class Repository:
 
     def _write_index_file(self, entries: list[tuple[str, int, list[BlobEntry]]]) -> str:
         document = {
-            "version": INDEX_VERSION,
+            "version": self.codec.version,
             "packs": [
                 {"id": pack_id, "size": size, "blobs": [blob.as_row() for blob in blobs]}
                 for pack_id, size, blobs in entries
             ],
         }
-        data = json.dumps(document, separators=(",", ":")).encode()
+        data = self.codec.seal("index", "", json.dumps(document, separators=(",", ":")).encode())
         index_id = digest(data)
         with self.lock:
             self.backend.put(f"index/{index_id}", io.BytesIO(data))
@@ -518,7 +657,8 @@ class BlobWriter:
     def __init__(self, repository: Repository) -> None:
         self.repository = repository
         self.pack_size = repository.config.pack_size if repository.config else PACK_TARGET
-        self.builder = PackBuilder()
+        self.codec = repository.codec
+        self.builder = PackBuilder(self.codec)
         self.pending: set[str] = set()
         self.bytes_added = 0
         self.uploaded: list[tuple[str, int, list[BlobEntry]]] = []
@@ -538,8 +678,9 @@ class BlobWriter:
         """Store a blob unless the repository already has it; True if it was new."""
         if self.known(blob_id):
             return False
-        encoding = "zlib" if blob_type == "tree" else "raw"
-        self.add_stored(blob_id, blob_type, encoding, encode_blob(data, encoding))
+        self._raise_upload_error()
+        self.builder.add_plain(blob_id, blob_type, data)  # encoded on the upload thread
+        self._added(blob_id)
         return True
 
     def add_stored(self, blob_id: str, blob_type: str, encoding: str, stored: bytes) -> None:
@@ -548,15 +689,17 @@ class BlobWriter:
         if blob_id in self.pending:
             return
         self.builder.add(blob_id, blob_type, encoding, stored)
+        self._added(blob_id)
+
+    def _added(self, blob_id: str) -> None:
         self.pending.add(blob_id)
-        self.bytes_added += len(stored)
         if len(self.builder) >= self.pack_size:
             self._seal()
 
     def _seal(self) -> None:
-        if not self.builder.entries:
+        if not self.builder.items:
             return
-        builder, self.builder = self.builder, PackBuilder()
+        builder, self.builder = self.builder, PackBuilder(self.codec)
         self._put_in_queue(builder)  # finished (header, hash) on the upload thread, beside the scan
 
     def _put_in_queue(self, item: PackBuilder | None) -> None:
@@ -577,6 +720,7 @@ class BlobWriter:
                 continue
             try:
                 pack_id, data, entries = item.finish()
+                self.bytes_added += sum(entry.length for entry in entries)
                 with self.repository.lock:
                     self.repository.backend.put(pack_key(pack_id), io.BytesIO(data))
                 self.uploaded.append((pack_id, len(data), entries))

@@ -126,9 +126,13 @@ def test_repository_never_imports_actions_or_cli():
     assert not bad
 
 
-@pytest.mark.parametrize("name", ["watcher.snapshot", "watcher.pack"])
+@pytest.mark.parametrize("name", ["watcher.snapshot", "watcher.crypto"])
 def test_pure_codecs_import_only_errors_and_fields(name):
     assert ours(name) <= {"watcher.errors", "watcher.fields"}
+
+
+def test_packs_import_only_errors_fields_and_crypto():
+    assert ours("watcher.pack") <= {"watcher.errors", "watcher.fields", "watcher.crypto"}
 
 
 def test_fields_imports_nothing_of_ours():

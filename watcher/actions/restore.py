@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from watcher.errors import IntegrityError, NotFoundError, SnapshotNotFoundError, WatcherError
-from watcher.pack import decode_blob
 from watcher.repository import Repository, pack_key
 from watcher.snapshot import Node, Snapshot
 
@@ -234,8 +233,8 @@ class _BlobSource:
         else:
             with self.repository.lock:
                 stored = self.repository.backend.read_range(pack_key(entry.pack), entry.offset, entry.length)
-            return decode_blob(stored, entry)
-        return decode_blob(memoryview(data)[entry.offset : entry.offset + entry.length], entry)
+            return self.repository.codec.decode(stored, entry)
+        return self.repository.codec.decode(memoryview(data)[entry.offset : entry.offset + entry.length], entry)
 
 
 class _Folders:
