@@ -47,7 +47,7 @@ def ftps_url(server: FtpServer, root: str) -> str:
 
 
 def base(source: Path, tmp_path: Path, server: SshServer) -> dict[str, str]:
-    return {"BACKUP_SOURCES": str(source), "BACKUP_STATE_DIR": str(tmp_path / "state"),
+    return {"BACKUP_SOURCES": str(source), "BACKUP_ENCRYPTION": "none", "BACKUP_STATE_DIR": str(tmp_path / "state"),
             "BACKUP_SSH_KNOWN_HOSTS": str(server.known_hosts), "BACKUP_HOST": "targets-host"}
 
 
