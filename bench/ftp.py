@@ -194,7 +194,8 @@ class Watcher(Tool):
     def __init__(self, source: Path, server: Server, remote: Path, work: Path) -> None:
         super().__init__(source, server, remote, work)
         variables = {"BACKUP_SOURCES": str(source), "BACKUP_TARGET": server.url(remote),
-                     "BACKUP_TARGET_PASSWORD": server.password, "BACKUP_STATE_DIR": str(work / "state")}
+                     "BACKUP_TARGET_PASSWORD": server.password, "BACKUP_STATE_DIR": str(work / "state"),
+                     "BACKUP_ENCRYPTION": "none"}  # format 1, as measured so far (issue 10 measures encryption)
         if server.ca_file:
             variables["BACKUP_TLS_CA_FILE"] = str(server.ca_file)
         # The copy of watcher/ taken at the start (see code_snapshot) comes first on the path.

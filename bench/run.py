@@ -205,7 +205,8 @@ class Watcher(Tool):
             target = f"sftp://{server.user}@127.0.0.1:{server.port}{server.scratch / work.name / 'watcher-repo'}"
             ssh = {"BACKUP_SSH_KEY": str(server.key), "BACKUP_SSH_KNOWN_HOSTS": str(server.known_hosts)}
         self.env = clean_env(BACKUP_SOURCES=str(data), BACKUP_TARGET=target,
-                             BACKUP_STATE_DIR=str(work / "watcher-state"), **ssh)
+                             BACKUP_STATE_DIR=str(work / "watcher-state"),
+                             BACKUP_ENCRYPTION="none", **ssh)  # format 1, as measured so far (issue 10: encrypted)
 
     def command(self, step: str, restore_to: Path) -> list[str] | None:
         if step in BULK:

@@ -222,6 +222,10 @@ class Repository:
             self.config = RepoConfig.decode(data)
             if self.config.version == FORMAT_ENCRYPTED:
                 self._unlock()
+            elif self._was_encrypted():
+                raise IntegrityError(f"the repository at {self.backend.describe()} was encrypted when this machine "
+                                     "last opened it, and its config now says it is not: refused (was the config "
+                                     "replaced on the server?)")
             elif self.protection.password:
                 log.warning("the repository at %s is not encrypted (format 1, made so or by an earlier watcher): "
                             "BACKUP_REPOSITORY_PASSWORD is not used for it", self.backend.describe())
@@ -256,6 +260,25 @@ class Repository:
         assert self.config is not None
         self.codec = EncryptedCodec(master, self.protection.compression)
         self.key_id = key_id
+        marker = self._encrypted_marker()
+        if marker is not None and not marker.exists():
+            try:
+                write_file(marker, b"")
+            except OSError as error:
+                log.warning("cannot record in %s that this repository is encrypted: %s", marker,
+                            error.strerror or error)
+
+    def _encrypted_marker(self) -> Path | None:
+        """`BACKUP_STATE_DIR/repos/<id>/encrypted`: this machine opened the repository encrypted once. The
+        plain `config` is not authenticated; this keeps a server from passing it off as unencrypted
+        (format 1) to a machine that knows better, which would then upload plain data."""
+        if self.state_dir is None or self.config is None:
+            return None
+        return self.state_dir / "repos" / self.config.id / "encrypted"
+
+    def _was_encrypted(self) -> bool:
+        marker = self._encrypted_marker()
+        return marker is not None and marker.exists()
 
     def _put_key(self, master: crypto.MasterKey, password: str) -> str:
         assert self.config is not None

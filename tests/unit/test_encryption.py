@@ -451,3 +451,29 @@ def test_the_daemon_stops_at_start_on_an_encrypted_repository_without_a_password
     env = {key: value for key, value in run.env.items() if key != "BACKUP_REPOSITORY_PASSWORD"}
     code, _out, err = run("run", env=env)
     assert code == 2 and err.splitlines()[-1].startswith("error: BACKUP_REPOSITORY_PASSWORD: ")
+
+
+def test_a_config_replaced_by_an_unencrypted_one_is_refused_by_a_machine_that_knew_better(setup):
+    tmp, _src, run = setup
+    run.ok("backup")
+    config = json.loads((tmp / "repo" / "config").read_bytes())
+    config.update(version=1, hash="sha256", compression="none", encryption="none")
+    (tmp / "repo" / "config").write_text(json.dumps(config))
+    code, _out, err = run("backup")
+    assert code == 1 and "was encrypted when this machine last opened it" in err
+    assert (tmp / "state" / "repos" / config["id"] / "encrypted").exists()
+
+
+def test_forget_repacks_sealed_blobs_as_they_are_and_everything_stays_readable(setup):
+    tmp, src, run = setup
+    (src / "gone.bin").write_bytes(os.urandom(300_000))
+    run.ok("backup")
+    (src / "gone.bin").unlink()
+    run.ok("backup")
+    run.env["BACKUP_KEEP_LAST"] = "1"
+    out = run.ok("forget")
+    assert "1 repacked" in out or "repacked" in out
+    assert "repository sound" in run.ok("check", "--read-data")
+    run.ok("restore", "latest", "--to", str(tmp / "out"))
+    assert restored_files(tmp / "out", src) == MARKERS
+    assert_nothing_readable(tmp / "repo")
