@@ -382,6 +382,16 @@ def cmd_key(context: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def creation(settings: Settings, target: Target) -> tuple[bool, str]:
+    """Whether the first backup may create a repository on `target`, and what it would create."""
+    if settings.repository_password and settings.encryption != "none":
+        return True, "the first backup creates it, encrypted"
+    if settings.encryption != "none" and target.scheme != "file":
+        return False, ("the first backup would refuse to create it: set BACKUP_REPOSITORY_PASSWORD (or "
+                       "BACKUP_ENCRYPTION=none)")
+    return True, "the first backup creates it, not encrypted"
+
+
 def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
     settings = context.settings
     verdicts = [Verdict(True, "configuration", "all variables valid"), check_sources(settings.sources),
@@ -393,7 +403,8 @@ def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
         def opened(target: Target = target) -> Repository:
             return open_repository(settings, target)
 
-        verdicts += check_repository(opened, target.describe(), name, f"{name} repository" if several else "repository")
+        verdicts += check_repository(opened, target.describe(), name, f"{name} repository" if several else "repository",
+                                     creation(settings, target))
         if target.scheme == "ftp":
             verdicts.append(Verdict(True, f"{name} encryption" if several else "encryption",
                                     "plain FTP: transfers are not encrypted"))

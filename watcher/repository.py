@@ -207,6 +207,7 @@ class Repository:
         self.entry_counts: dict[str, int] = {}  # tree id -> entries below it (trees never change either)
         self.lock = threading.RLock()
         self.temporaries_swept: float | None = None  # when `forget` last looked for left-over uploads
+        self._early: tuple[str, str, threading.Thread, dict[str, crypto.MasterKey | None]] | None = None
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -286,7 +287,67 @@ class Repository:
         key_id = digest(data)
         self.backend.put_bytes(f"keys/{key_id}", data)
         _UNLOCKED[(self.config.id, digest(password.encode()))] = (key_id, master)
+        if password == self.protection.password:
+            self._remember_key(key_id, data)
         return key_id
+
+    # The key file this target was last opened with, copied to the state folder (it is wrapped: the
+    # server holds the same bytes). A process can then run scrypt in a thread before it has even
+    # connected (scrypt releases the GIL): the half second overlaps connecting, reading the config and
+    # listing the keys, instead of following them.
+
+    def _key_record(self) -> Path | None:
+        if self.state_dir is None:
+            return None
+        return self.state_dir / "targets" / f"{digest(self.backend.describe().encode())[:32]}.key"
+
+    def _remember_key(self, key_id: str, data: bytes) -> None:
+        path = self._key_record()
+        if path is None or self.config is None:
+            return
+        record = json.dumps({"repository": self.config.id, "key": key_id, "file": data.decode()}).encode()
+        try:
+            if path.exists() and path.read_bytes() == record:
+                return
+            write_file(path, record)
+        except OSError as error:
+            log.debug("cannot keep a copy of the key file in %s: %s", path, error.strerror or error)
+
+    def start_unlock(self) -> None:
+        """Start unwrapping the key this target was last opened with (see `_key_record`), if any."""
+        password, path = self.protection.password, self._key_record()
+        if not password or path is None or not path.exists():
+            return
+        try:
+            record = fields.mapping(fields.load_json(path.read_bytes()), "key record")
+            repository_id, key_id = record["repository"], fields.hex_id(record["key"], "key")
+            if not isinstance(repository_id, str) or not REPOSITORY_ID.fullmatch(repository_id):
+                return
+            key = crypto.decode_key_file(key_id, fields.text(record["file"], "file").encode())
+        except (OSError, ValueError, KeyError, IntegrityError):
+            return  # only a head start: the key is read from the target as usual
+        if (repository_id, digest(password.encode())) in _UNLOCKED:
+            return
+        result: dict[str, crypto.MasterKey | None] = {}
+
+        def unwrap() -> None:
+            result["master"] = key.unwrap(password, repository_id)
+
+        thread = threading.Thread(target=unwrap, name="key-unwrap", daemon=True)
+        thread.start()
+        self._early = (repository_id, key_id, thread, result)
+
+    def _early_key(self, listed: list[str]) -> tuple[str | None, crypto.MasterKey | None]:
+        """(the key id the head start tried, its master keys if they open this repository)."""
+        if self._early is None or self.config is None:
+            return None, None
+        repository_id, key_id, thread, result = self._early
+        self._early = None
+        thread.join()
+        master = result.get("master")
+        if repository_id != self.config.id or key_id not in listed:
+            return None, None  # another repository at that place now, or a key removed since
+        return key_id, master
 
     def key_ids(self) -> list[str]:
         return sorted(info.key.split("/", 1)[1] for info in self.backend.list("keys"))
@@ -306,10 +367,18 @@ class Repository:
         if remembered is not None and remembered[0] in listed:
             self._use(remembered[1], remembered[0])
             return
+        tried, master = self._early_key(listed)
+        if tried is not None and master is not None:
+            _UNLOCKED[(self.config.id, digest(password.encode()))] = (tried, master)
+            self._use(master, tried)
+            return
         damaged = []
         for key_id in listed:
+            if key_id == tried:
+                continue  # the head start found it does not open with this password
             try:
-                key = self.read_key(key_id)
+                data = self.backend.get_bytes(f"keys/{key_id}", crypto.KEY_FILE_LIMIT)
+                key = crypto.decode_key_file(key_id, data)
             except (IntegrityError, NotFoundError) as error:
                 damaged.append(str(error))
                 continue
@@ -317,6 +386,7 @@ class Repository:
             if master is not None:
                 _UNLOCKED[(self.config.id, digest(password.encode()))] = (key_id, master)
                 self._use(master, key_id)
+                self._remember_key(key_id, data)
                 return
         detail = f"; {len(damaged)} key files are damaged ({'; '.join(damaged[:3])})" if damaged else ""
         if not listed:

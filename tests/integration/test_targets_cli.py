@@ -166,7 +166,7 @@ def test_every_command_on_an_sftp_and_an_ftps_target(sshd_server, ftps_server, s
     assert code == 0, lines
     assert f"ok   target 1: {sftp_url(sshd_server, sftp_root)}" in lines
     assert f"ok   target 2: {ftps_url(ftps_server, ftps_root)}" in lines
-    assert "ok   target 1 repository: 1 snapshots, 1 packs" in lines
+    assert "ok   target 1 repository: 1 snapshots, 1 packs, not encrypted (format 1)" in lines
     code, out, err = run(capsys, ["snapshots", "--target", "3"], env)
     assert (code, out, err) == (2, "", "error: --target 3: BACKUP_TARGET_3 is not set (the targets are 1 and 2)\n")
     for secret in (sshd_server.password, ftps_server.password):

@@ -477,3 +477,56 @@ def test_forget_repacks_sealed_blobs_as_they_are_and_everything_stays_readable(s
     run.ok("restore", "latest", "--to", str(tmp / "out"))
     assert restored_files(tmp / "out", src) == MARKERS
     assert_nothing_readable(tmp / "repo")
+
+
+def test_a_new_process_unwraps_the_key_beside_connecting_from_the_state_folders_copy(setup, monkeypatch):
+    tmp, _src, run = setup
+    run.ok("backup")
+    (record,) = (tmp / "state" / "targets").iterdir()
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    repository._UNLOCKED.clear()  # another process
+    threads = []
+    real = crypto.KeyFile.unwrap
+
+    def unwrap(self, *args):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return real(self, *args)
+
+    monkeypatch.setattr(crypto.KeyFile, "unwrap", unwrap)
+    run.ok("snapshots")
+    assert threads == ["key-unwrap"]
+    # a wrong password: the head start fails, that key is not tried again, one line as ever
+    repository._UNLOCKED.clear()
+    threads.clear()
+    code, _out, err = run("snapshots", env={**run.env, "BACKUP_REPOSITORY_PASSWORD": "not the right one"})
+    assert code == 1 and "wrong password" in err and threads == ["key-unwrap"]
+    # another repository at the same place: the copy is passed over, the new key read from the target
+    import shutil
+
+    old = record.read_bytes()
+    shutil.rmtree(tmp / "repo")
+    repository._UNLOCKED.clear()
+    run.ok("backup")
+    record.write_bytes(old)
+    repository._UNLOCKED.clear()
+    threads.clear()
+    run.ok("snapshots")
+    assert threads == ["key-unwrap", "MainThread"]
+    assert record.read_bytes() != old  # the copy follows the key that opened it
+
+
+def test_doctor_says_whether_a_repository_is_encrypted_and_whether_a_server_one_may_be_created(setup):
+    _tmp, _src, run = setup
+    run.ok("backup")
+    assert "1 snapshots, 1 packs, encrypted (format 2)" in run.ok("doctor")
+    from watcher.cli import creation
+    from watcher.config import load_settings
+
+    plain = {key: value for key, value in run.env.items() if key != "BACKUP_REPOSITORY_PASSWORD"}
+    server = load_settings({**plain, "BACKUP_TARGET": "sftp://u@example.org/srv"})
+    assert creation(server, server.target)[0] is False
+    assert creation(load_settings({**plain, "BACKUP_TARGET": "sftp://u@example.org/srv", "BACKUP_ENCRYPTION": "none"}),
+                    server.target) == (True, "the first backup creates it, not encrypted")
+    assert creation(load_settings(run.env), server.target) == (True, "the first backup creates it, encrypted")
