@@ -60,8 +60,13 @@ def hkdf(ikm: bytes, salt: bytes, info: bytes = HKDF_INFO) -> bytes:
 
 def seal(key: bytes, plaintext: bytes | memoryview, associated: bytes) -> bytes:
     """salt | AES-256-GCM(HKDF(key, salt), zero nonce, plaintext, associated) | tag."""
+    return b"".join(seal_parts(key, plaintext, associated))
+
+
+def seal_parts(key: bytes, plaintext: bytes | memoryview, associated: bytes) -> tuple[bytes, bytes]:
+    """`seal` as (salt, ciphertext and tag): a pack joins them once, with everything else."""
     salt = os.urandom(SALT_SIZE)
-    return salt + AESGCM(hkdf(key, salt)).encrypt(NONCE, plaintext, associated)
+    return salt, AESGCM(hkdf(key, salt)).encrypt(NONCE, plaintext, associated)
 
 
 def unseal(key: bytes, sealed: bytes | memoryview, associated: bytes, what: str) -> bytes:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import zstandard
@@ -109,11 +111,12 @@ class Codec:
     def blob_id(self, data: bytes | memoryview) -> str:
         return hashlib.sha256(data).hexdigest()
 
-    def encode_into(self, out: bytearray, blob_id: str, blob_type: str, data: bytes | memoryview) -> str:
-        """Append the stored form of a blob to `out`; return its encoding."""
+    workers = 1  # threads that encode a pack's blobs (zlib of small trees: not worth more)
+
+    def encode(self, blob_id: str, blob_type: str, data: bytes) -> tuple[str, tuple[bytes, ...]]:
+        """A blob's encoding and its stored form, in pieces (joined once, into the pack)."""
         encoding = "zlib" if blob_type == "tree" else "raw"
-        out += encode_blob(data, encoding)
-        return encoding
+        return encoding, (encode_blob(data, encoding),)
 
     def decode(self, stored: bytes | memoryview, entry: BlobEntry) -> bytes | memoryview:
         data = _inflate(stored, entry) if entry.encoding == "zlib" else stored
@@ -155,6 +158,9 @@ class EncryptedCodec(Codec):
         self.master = master
         self.level = COMPRESSION_LEVELS[compression]
         self.local = threading.local()  # zstd contexts are not thread-safe
+        # zstd releases the GIL (about 130 MB/s a core at level 3 on text): a pack's blobs are compressed
+        # on several cores. AES-GCM does not, but it runs at over 1 GB/s.
+        self.workers = 1 if self.level is None else max(1, min(4, os.cpu_count() or 1))
 
     def blob_id(self, data: bytes | memoryview) -> str:
         return self.master.blob_id(data)
@@ -166,14 +172,13 @@ class EncryptedCodec(Codec):
                                                                           write_content_size=True)
         return compressor
 
-    def encode_into(self, out: bytearray, blob_id: str, blob_type: str, data: bytes | memoryview) -> str:
+    def encode(self, blob_id: str, blob_type: str, data: bytes) -> tuple[str, tuple[bytes, ...]]:
         plain, encoding = data, "raw"
         if self.level is not None and len(data):
             packed = self._compressor().compress(data)
             if len(packed) < len(data):
                 plain, encoding = packed, "zstd"
-        out += crypto.seal(self.master.encryption, plain, blob_associated(blob_type, encoding, blob_id))
-        return encoding
+        return encoding, crypto.seal_parts(self.master.encryption, plain, blob_associated(blob_type, encoding, blob_id))
 
     def decode(self, stored: bytes | memoryview, entry: BlobEntry) -> bytes | memoryview:
         where = entry.where()
@@ -237,24 +242,35 @@ class PackBuilder:
         self.items.append((blob_id, blob_type, None, bytes(data)))
         self.size += len(data)
 
+    def _encoded(self, item: tuple[str, str, str | None, bytes]) -> tuple[str, tuple[bytes, ...]]:
+        blob_id, blob_type, encoding, data = item
+        return (encoding, (data,)) if encoding is not None else self.codec.encode(blob_id, blob_type, data)
+
     def finish(self) -> tuple[str, bytes, list[BlobEntry]]:
-        buffer = bytearray()
+        items, self.items, self.size = self.items, [], 0
+        plain = sum(1 for item in items if item[2] is None)
+        if plain > 1 and self.codec.workers > 1:
+            with ThreadPoolExecutor(min(plain, self.codec.workers), thread_name_prefix="pack-encode") as pool:
+                results = list(pool.map(self._encoded, items))
+        else:
+            results = [self._encoded(item) for item in items]
+        names = [(item[0], item[1]) for item in items]
+        del items  # the content: only the stored forms are needed now
+        parts: list[bytes] = []
         entries = []
-        items, self.items = self.items, []
-        for blob_id, blob_type, encoding, data in items:
-            offset = len(buffer)
-            if encoding is None:
-                encoding = self.codec.encode_into(buffer, blob_id, blob_type, data)
-            else:
-                buffer += data
-            entries.append(BlobEntry(blob_id, blob_type, encoding, offset, len(buffer) - offset))
-        del items
+        offset = 0
+        for (blob_id, blob_type), (encoding, pieces) in zip(names, results, strict=True):
+            length = sum(len(piece) for piece in pieces)
+            entries.append(BlobEntry(blob_id, blob_type, encoding, offset, length))
+            parts.extend(pieces)
+            offset += length
+        del results
         rows = [entry.as_row() for entry in entries]
         header = json.dumps({"version": self.codec.version, "blobs": rows}, separators=(",", ":")).encode()
         encoded = self.codec.seal("pack header", "", header)
-        buffer += encoded + TRAILER.pack(len(encoded), self.codec.magic)
-        data = bytes(buffer)
-        del buffer  # the copy above is what is uploaded: free the builder's one now
+        parts += [encoded, TRAILER.pack(len(encoded), self.codec.magic)]
+        data = b"".join(parts)
+        del parts  # the joined copy is what is uploaded: free the pieces now
         pack_id = hashlib.sha256(data).hexdigest()
         self.entries = [BlobEntry(e.id, e.type, e.encoding, e.offset, e.length, pack_id) for e in entries]
         return pack_id, data, self.entries
