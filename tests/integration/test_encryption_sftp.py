@@ -88,3 +88,21 @@ def test_each_target_has_its_own_keys_opened_by_the_same_password(sshd_server, f
         assert run(capsys, ["restore", "latest", "--target", number, "--to", str(tmp_path / f"out{number}")],
                    env)[0] == 0
         assert restored_files(tmp_path / f"out{number}", source) == MARKERS
+
+
+def test_passwords_never_reach_a_report_mail(smtp_server, source, tmp_path, capsys):
+    env = {"BACKUP_SOURCES": str(source), "BACKUP_TARGET": f"file://{tmp_path}/repo", "MAIL_ON": "always",
+           "BACKUP_STATE_DIR": str(tmp_path / "state"), "BACKUP_REPOSITORY_PASSWORD": PASSWORD,
+           "BACKUP_NEW_REPOSITORY_PASSWORD": "the next pass phrase", **smtp_server.environment()}
+    assert run(capsys, ["backup"], env)[0] == 0
+    repository._UNLOCKED.clear()
+    (source / "more.txt").write_text("more")
+    wrong = {**env, "BACKUP_REPOSITORY_PASSWORD": "a wrong pass phrase"}
+    code, _out, err = run(capsys, ["backup"], wrong)
+    assert code == 1 and "wrong password" in err
+    messages = smtp_server.messages()
+    assert len(messages) == 2 and "wrong password" in messages[1].as_string()
+    for message in messages:
+        text = message.as_string() + "".join(part.get_content() for part in message.iter_attachments())
+        for secret in (PASSWORD, "the next pass phrase", "a wrong pass phrase"):
+            assert secret not in text
