@@ -106,3 +106,26 @@ def test_passwords_never_reach_a_report_mail(smtp_server, source, tmp_path, caps
         text = message.as_string() + "".join(part.get_content() for part in message.iter_attachments())
         for secret in (PASSWORD, "the next pass phrase", "a wrong pass phrase"):
             assert secret not in text
+
+
+def test_the_daemon_backs_up_into_an_encrypted_sftp_repository(sshd_server, source, tmp_path):
+    from tests.integration.daemon_helpers import DaemonProcess, daemon_env, snapshot_paths, wait_until
+
+    folder = sshd_server.scratch("daemon")
+    env = {**daemon_env(source, tmp_path), **sftp_env(sshd_server, source, tmp_path, folder),
+           "BACKUP_ENCRYPTION": "auto", "BACKUP_HEALTH_MAX_AGE_SECONDS": "2"}  # a run every second, idle
+    process = DaemonProcess(env, tmp_path / "daemon.log").start()
+    try:
+        process.wait_for_output("saved")
+        (source / "later.txt").write_text("MARKERCONTENTLATER written while the daemon runs")
+        wait_until(lambda: f"{source}/later.txt" in snapshot_paths(env), 30, "the new file in a snapshot")
+        process.wait_for_output("no change since snapshot", count=2)  # more runs, on the repository kept open
+        assert process.stop() == 0
+    finally:
+        process.kill()
+    output = process.output()
+    assert "created a new encrypted repository" in output and PASSWORD not in output
+    if sshd_server.local:
+        assert_nothing_readable(Path(folder))
+        assert b"MARKERCONTENTLATER" not in b"".join(path.read_bytes() for path in Path(folder).rglob("*")
+                                                     if path.is_file())
