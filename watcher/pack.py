@@ -27,7 +27,6 @@ MAGIC = b"WPACK001"
 MAGIC_V2 = b"WPACK002"
 TRAILER = struct.Struct("<I8s")
 PACK_TARGET = 16 * 1024 * 1024
-HEADER_VERSION = 1
 ENCODINGS = ("raw", "zlib")
 ENCODINGS_V2 = ("raw", "zstd")
 # BACKUP_COMPRESSION -> zstd level (None: store as is). `auto` is zstd's default level: a few hundred

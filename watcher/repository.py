@@ -57,7 +57,6 @@ FORMAT_NAME = "watcher-repository"
 FORMAT_VERSION = 1
 FORMAT_ENCRYPTED = 2  # docs/FORMAT.md, "Version 2": everything but `config` sealed, zstd, keyed blob ids
 ENCRYPTION = "aes-256-gcm"
-INDEX_VERSION = 1
 INDEX_EVERY_PACKS = 8
 INDEX_BLOBS = 250_000  # the most blobs one index file names (about 27 MB)
 UPLOAD_QUEUE = 2
