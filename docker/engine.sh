@@ -94,9 +94,23 @@ make_base_image() {
         as_root rm -f "$root/etc/apt/sources.list"
         as_root cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/"
     fi
+    # What makes the official image "slim": dpkg leaves out documentation, manuals and translations.
+    as_root sh -c "cat > '$root/etc/dpkg/dpkg.cfg.d/docker'" <<'SLIM'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/lintian/overrides/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/man/*
+SLIM
+    as_root find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+    as_root sh -c "rm -rf '$root'/usr/share/groff/* '$root'/usr/share/info/* '$root'/usr/share/linda/* \
+        '$root'/usr/share/lintian/overrides/* '$root'/usr/share/locale/* '$root'/usr/share/man/*"
     as_root mkdir -p "$root/usr/local/share/ca-certificates"
     as_root sh -c "cp /usr/local/share/ca-certificates/*.crt '$root/usr/local/share/ca-certificates/' 2>/dev/null || true"
-    as_root sh -c "rm -rf '$root'/var/cache/apt/archives/*.deb '$root'/var/lib/apt/lists/*"
+    as_root find "$root/var/cache/apt/archives" "$root/var/lib/apt/lists" -type f -delete
     as_root tar -C "$root" -c . | docker import \
         --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
         --change 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt' \
