@@ -84,6 +84,7 @@ make_base_image() {
     local mirror root
     mirror=$(debian_mirror); mirror=${mirror:-http://deb.debian.org/debian}
     root=$(mktemp -d)
+    chmod 0755 "$root"  # the image's / : mktemp's 0700 would shut every non-root user out of everything
     say "$BASE_IMAGE cannot be pulled: making it with debootstrap from $mirror"
     if ! as_root debootstrap --variant=minbase bookworm "$root" "$mirror" >"$RUN/debootstrap.log" 2>&1; then
         say "debootstrap failed; see $RUN/debootstrap.log"; as_root rm -rf "$root"; return 1
@@ -111,6 +112,7 @@ SLIM
     as_root mkdir -p "$root/usr/local/share/ca-certificates"
     as_root sh -c "cp /usr/local/share/ca-certificates/*.crt '$root/usr/local/share/ca-certificates/' 2>/dev/null || true"
     as_root find "$root/var/cache/apt/archives" "$root/var/lib/apt/lists" -type f -delete
+    as_root chroot "$root" chown _apt:root /var/lib/apt/lists/partial  # apt downloads as _apt
     as_root tar -C "$root" -c . | docker import \
         --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
         --change 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt' \
