@@ -311,7 +311,7 @@ def stack() -> Iterator[Stack]:
     # stack still bind-mounts its data/ folder from it.
     folder = Path(tempfile.mkdtemp(prefix="watcher-test-stack-"))
     _copy_repository(folder)
-    (folder / "data").mkdir(mode=0o755)
+    (folder / "data").mkdir(mode=0o755, exist_ok=True)  # the clone has it (data/.gitkeep)
     (folder / "data").chmod(0o755)  # the watcher's uid reads it, whatever this process's umask
     (folder / "staging").mkdir(mode=0o755)
     port = free_port()
