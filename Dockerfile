@@ -12,7 +12,9 @@ COPY requirements.txt /src/requirements.txt
 RUN /opt/watcher/bin/pip install --no-cache-dir --disable-pip-version-check -r /src/requirements.txt
 COPY pyproject.toml README.md LICENSE /src/
 COPY watcher /src/watcher
-RUN /opt/watcher/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /src
+# pip and setuptools have done their work: the final image runs the program, it installs nothing.
+RUN /opt/watcher/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /src \
+ && /opt/watcher/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM debian:bookworm-slim
 # The uid that reads ./data and owns what `restore` writes: match it to yours (WATCHER_UID in .env).

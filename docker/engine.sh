@@ -84,6 +84,7 @@ make_base_image() {
     local mirror root
     mirror=$(debian_mirror); mirror=${mirror:-http://deb.debian.org/debian}
     root=$(mktemp -d)
+    chmod 0755 "$root"  # the image's / : mktemp's 0700 would shut every non-root user out of everything
     say "$BASE_IMAGE cannot be pulled: making it with debootstrap from $mirror"
     if ! as_root debootstrap --variant=minbase bookworm "$root" "$mirror" >"$RUN/debootstrap.log" 2>&1; then
         say "debootstrap failed; see $RUN/debootstrap.log"; as_root rm -rf "$root"; return 1
@@ -94,9 +95,34 @@ make_base_image() {
         as_root rm -f "$root/etc/apt/sources.list"
         as_root cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/"
     fi
+    # What makes the official image "slim": dpkg leaves out documentation, manuals and translations.
+    as_root sh -c "cat > '$root/etc/dpkg/dpkg.cfg.d/docker'" <<'SLIM'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/lintian/overrides/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/man/*
+SLIM
+    # ... and apt keeps no caches in the image (the official image's own settings).
+    as_root sh -c "cat > '$root/etc/apt/apt.conf.d/docker-clean'" <<'CLEAN'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+CLEAN
+    as_root sh -c "echo 'Acquire::Languages \"none\";' > '$root/etc/apt/apt.conf.d/docker-no-languages'"
+    as_root sh -c "echo 'Acquire::GzipIndexes \"true\";' > '$root/etc/apt/apt.conf.d/docker-gzip-indexes'"
+    as_root sh -c "echo 'Apt::AutoRemove::SuggestsImportant \"false\";' > '$root/etc/apt/apt.conf.d/docker-autoremove-suggests'"
+    as_root find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+    as_root sh -c "rm -rf '$root'/usr/share/groff/* '$root'/usr/share/info/* '$root'/usr/share/linda/* \
+        '$root'/usr/share/lintian/overrides/* '$root'/usr/share/locale/* '$root'/usr/share/man/*"
     as_root mkdir -p "$root/usr/local/share/ca-certificates"
     as_root sh -c "cp /usr/local/share/ca-certificates/*.crt '$root/usr/local/share/ca-certificates/' 2>/dev/null || true"
-    as_root sh -c "rm -rf '$root'/var/cache/apt/archives/*.deb '$root'/var/lib/apt/lists/*"
+    as_root find "$root/var/cache/apt" "$root/var/lib/apt/lists" -type f -delete
+    as_root chroot "$root" chown _apt:root /var/lib/apt/lists/partial  # apt downloads as _apt
     as_root tar -C "$root" -c . | docker import \
         --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
         --change 'ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt' \

@@ -12,7 +12,10 @@ holds the repository lock, and records that id with the kernel's boot id and its
 Another process judges the holder, most certain way first:
 1. the holder's file is in its own state folder (the same folder, as containers sharing a state
    volume have it) on the same kernel or host: alive exactly while the file's flock is taken;
-2. same kernel (boot id) and same PID namespace: alive while its pid exists;
+2. same kernel (boot id) and same PID namespace: alive while its pid exists, except that a lock
+   with this host name and this process's own pid that this process does not hold is dead: it is
+   a predecessor's (a container's daemon has the same small pid in every incarnation, and the
+   kernel reuses a dead PID namespace's number), and its pid exists only because it is ours;
 3. otherwise only the age of the last refresh decides (see docs/FORMAT.md on clocks).
 A holder proven dead (1 or 2) has its lock removed; one judged by age is only ignored.
 """
@@ -44,6 +47,10 @@ STALE_SECONDS = 30 * 60
 PID_MAX = 2**31 - 1
 REFRESH_SECONDS = 5 * 60
 _HOLDER_ID = re.compile(r"[0-9a-f]{32}")
+
+# The keys of the locks this process holds: from before each is written until after it is deleted.
+_held_keys: set[str] = set()
+_held_keys_lock = threading.Lock()
 
 
 class RepositoryLockedError(RepositoryError, TransientError):
@@ -92,6 +99,9 @@ class LockInfo:
             if held is not None:
                 return held
         if same_kernel and bool(self.pid_namespace) and self.pid_namespace == pid_namespace:
+            if self.pid == os.getpid() and self.host == socket.gethostname():
+                with _held_keys_lock:
+                    return self.key in _held_keys  # if not ours, the pid is ours: its holder has ended
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
@@ -222,6 +232,8 @@ def locked(repository: Repository, *, exclusive: bool) -> Iterator[None]:
     stop = threading.Event()
     refresher: threading.Thread | None = None
     removed = False
+    with _held_keys_lock:
+        _held_keys.add(key)
     try:
         write()
         now = time.time()
@@ -256,4 +268,6 @@ def locked(repository: Repository, *, exclusive: bool) -> Iterator[None]:
             removed = True
         except WatcherError as error:
             log.warning("cannot remove the repository lock %s: %s", key, error)
+        with _held_keys_lock:
+            _held_keys.discard(key)
         holder.release(removed)

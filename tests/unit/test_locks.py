@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,11 +19,19 @@ from watcher.actions.prune import run_forget
 from watcher.backends.local import LocalBackend
 from watcher.backends.memory import MemoryBackend
 from watcher.config import Retention
-from watcher.locks import RepositoryLockedError, locked, this_kernel
+from watcher.locks import LockInfo, RepositoryLockedError, locked, this_kernel
 
 
 def lock_documents(backend: MemoryBackend) -> list[dict]:
     return [json.loads(data) for key, data in backend.objects.items() if key.startswith("locks/")]
+
+
+def put_lock(backend: MemoryBackend, key: str, **document: object) -> None:
+    """A lock as a watcher on this kernel and in this PID namespace writes it, with `document` on top."""
+    boot_id, namespace = this_kernel()
+    backend.put_bytes(key, json.dumps({
+        "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "exclusive": False,
+        "holder": "", "boot_id": boot_id, "pid_namespace": namespace, **document}).encode())
 
 
 def test_a_lock_names_its_holder_beyond_host_and_pid(tmp_path):
@@ -107,3 +116,47 @@ def test_forget_reads_the_index_again_under_its_lock(tmp_path):
     assert result.removed_snapshots == 1
     check = run_check(open_repository(backend, tmp_path / "fresh"), read_data=True)
     assert check.sound, check.problems
+
+
+def test_a_dead_predecessor_with_our_pid_is_removed_at_once(tmp_path, caplog):
+    """A restarted container's daemon has its predecessor's pid and host name, and the kernel may give
+    its new PID namespace the dead one's number: a lock with our host and pid that we do not hold is
+    that predecessor's, though the pid exists (it is ours)."""
+    repository = open_repository(MemoryBackend(), tmp_path / "state")
+    put_lock(repository.backend, "locks/predecessor", holder="ab" * 16)  # its holder file is not here
+    with caplog.at_level(logging.INFO), locked(repository, exclusive=True):
+        assert "locks/predecessor" not in repository.backend.objects
+        assert len(lock_documents(repository.backend)) == 1  # ours
+    assert f"removed the lock of a backup or check on {socket.gethostname()} (pid {os.getpid()})" in caplog.text
+
+
+@pytest.mark.parametrize("state", ["state", None])
+def test_our_own_lock_is_never_judged_dead(tmp_path, state):
+    """Without a state folder there is no holder file to judge by: our own pid is all there is."""
+    repository = open_repository(MemoryBackend(), tmp_path / state if state else None)
+    with locked(repository, exclusive=False):
+        ((key, data),) = [(key, data) for key, data in repository.backend.objects.items() if key.startswith("locks/")]
+        assert LockInfo(key, **json.loads(data)).alive(repository.state_dir) is True
+        with pytest.raises(RepositoryLockedError, match=f"pid {os.getpid()}"), locked(repository, exclusive=True):
+            pass
+        assert key in repository.backend.objects
+    assert not lock_documents(repository.backend)
+
+
+def test_our_pid_on_another_host_is_not_taken_for_ours(tmp_path):
+    repository = open_repository(MemoryBackend(), tmp_path / "state")
+    put_lock(repository.backend, "locks/elsewhere", host=socket.gethostname() + "-other")
+    with pytest.raises(RepositoryLockedError), locked(repository, exclusive=True):
+        pass
+    assert "locks/elsewhere" in repository.backend.objects
+
+
+def test_our_pid_and_host_in_another_namespace_is_not_taken_for_ours(tmp_path):
+    """Another container of the same host name (or the same image elsewhere) has its own pid 1 and
+    may be alive: nothing here tells, so only the lock's age decides."""
+    repository = open_repository(MemoryBackend(), tmp_path / "state")
+    put_lock(repository.backend, "locks/sibling", pid_namespace="pid:[1]")
+    put_lock(repository.backend, "locks/other-kernel", boot_id="another boot")
+    with pytest.raises(RepositoryLockedError), locked(repository, exclusive=True):
+        pass
+    assert {"locks/sibling", "locks/other-kernel"} <= set(repository.backend.objects)
