@@ -162,7 +162,7 @@ def test_the_report_mail_has_the_summary_and_the_run_log(ready_stack: Stack) -> 
         assert in_log.search(log), f"target {target}'s line is not in the attached log:\n{log}"
     assert re.search(r"target \d \(.*\): snapshot \S+ saved: ", log), log  # the run that saved it
 
-    for name in ("sftp_password", "ftp_password"):
+    for name in ("sftp/password", "ftp/password"):
         password = ready_stack.run(["cat", f"/run/watcher-secrets/{name}"])
         secret = password.out.strip()
         assert password.code == 0 and len(secret) >= 16, f"{name}: exit {password.code}, {len(secret)} characters"
