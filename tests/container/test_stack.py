@@ -77,6 +77,26 @@ FILES = {
 }
 
 
+def test_what_a_server_publishes_is_the_watchers_alone(ready_stack: Stack) -> None:
+    """A server's login account (a client that has its password) can neither read nor replace what the
+    server hands the watcher (its password, the host key or CA the watcher trusts), and neither server
+    sees the other's: each publishes through a volume that only it and the watcher mount."""
+    for service, account, files in (("sftp", "watcher-sftp", ("password", "known_hosts")),
+                                     ("ftp", "watcher-ftp", ("password", "ca.pem"))):
+        container = ready_stack.container(service)
+        for name in files:
+            path = f"/run/watcher-public/{name}"
+            assert ready_stack.run(["test", "-s", path], service).code == 0, f"{service} publishes no {name}"
+            read = container.exec_run(["cat", path], user=account)
+            assert read.exit_code != 0, f"{account} can read {path}"
+            replace = container.exec_run(["sh", "-c", f"chmod 600 {path} || mv /dev/null {path} || : > {path}"],
+                                         user=account)
+            assert replace.exit_code != 0, f"{account} can replace {path}"
+            assert ready_stack.run(["test", "-r", f"/run/watcher-secrets/{service}/{name}"]).code == 0
+        other = "ftp" if service == "sftp" else "sftp"
+        assert ready_stack.run(["ls", f"/run/watcher-secrets/{other}"], service).code != 0
+
+
 def test_dropped_files_reach_both_targets_and_restore_byte_for_byte(ready_stack: Stack) -> None:
     """Files moved into the bind-mounted ./data (a nested folder, a non-ASCII name, an empty file and a
     few MiB of random bytes) are in a snapshot on the SFTP and the FTPS server within the debounce and a
