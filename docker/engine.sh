@@ -79,27 +79,24 @@ install_compose() {
     rm -rf "$work"; return 1
 }
 
-# The Debian archive apt uses here (the first non-security URI of its sources).
-debian_mirror() {
-    { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-      grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
-    } | grep -v security | grep -E "/debian/?$" | head -n 1
+# The archive URIs apt uses here, one a line.
+apt_uris() {
+    grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+    grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
 }
 
-# The security archive apt uses here, else Debian's own.
-security_mirror() {
+# apt_uri PATTERN DEFAULT: the first of them that PATTERN matches (an extended regex), else DEFAULT.
+apt_uri() {
     local found
-    found=$({ grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-              grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
-            } | grep security | head -n 1)
-    echo "${found:-http://deb.debian.org/debian-security}"
+    found=$(apt_uris | grep -E "$1" | head -n 1)
+    echo "${found:-$2}"
 }
 
 make_base_image() {
     docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return 0
     timeout 120 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1 && return 0
     local mirror root
-    mirror=$(debian_mirror); mirror=${mirror:-http://deb.debian.org/debian}
+    mirror=$(apt_uri '/debian/?$' http://deb.debian.org/debian)
     root=$(mktemp -d)
     as_root mkdir -p "$RUN"
     chmod 0755 "$root"  # the image's / : mktemp's 0700 would shut every non-root user out of everything
@@ -118,7 +115,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: $(security_mirror)
+URIs: $(apt_uri '/debian-security/?$' http://deb.debian.org/debian-security)
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
