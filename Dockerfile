@@ -19,7 +19,10 @@ RUN /opt/watcher/bin/pip install --no-cache-dir --disable-pip-version-check --no
 FROM debian:bookworm-slim
 # The uid that reads ./data and owns what `restore` writes: match it to yours (WATCHER_UID in .env).
 ARG WATCHER_UID=1000
-RUN apt-get update \
+# Not root, and not the uid of a bundled server's login account (docker/secrets.sh): the files the servers
+# publish to the watcher are that uid's.
+RUN case "$WATCHER_UID" in 0|60021|60022) echo "WATCHER_UID=$WATCHER_UID is reserved" >&2; exit 1;; esac \
+ && apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates python3 tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid "$WATCHER_UID" --user-group --no-create-home --home-dir /var/lib/watcher \
@@ -36,7 +39,8 @@ ENV PATH=/opt/watcher/bin:$PATH \
 # Caches, run logs, health, pending changes: keep it, or the next start rescans and re-reads the indexes.
 VOLUME /var/lib/watcher
 USER $WATCHER_UID
-WORKDIR /var/lib/watcher
-HEALTHCHECK --interval=30s --timeout=20s --start-period=30s --retries=1 CMD ["watcher", "health"]
+# Not the state folder: a .env in the working folder is read as configuration.
+WORKDIR /
+HEALTHCHECK --interval=30s --timeout=20s --start-period=30s --retries=2 CMD ["watcher", "health"]
 ENTRYPOINT ["tini", "--", "watcher"]
 CMD ["run"]

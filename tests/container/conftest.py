@@ -30,7 +30,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -101,7 +101,6 @@ class Stack:
     client: docker.DockerClient
     environment: dict[str, str]
     maildev: str
-    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def data(self) -> Path:
@@ -327,7 +326,7 @@ def stack() -> Iterator[Stack]:
         "MAIL_ON": "always",
     }
     (folder / ".env").write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
-    started = Stack(folder, client, environment, f"http://127.0.0.1:{port}", settings)
+    started = Stack(folder, client, environment, f"http://127.0.0.1:{port}")
     try:
         started.compose("down", "-v", "--timeout", "10")  # what an aborted earlier run of this project left
         began = time.monotonic()

@@ -80,6 +80,26 @@ FILES = {
 }
 
 
+def test_what_a_server_publishes_is_the_watchers_alone(ready_stack: Stack) -> None:
+    """A server's login account (a client that has its password) can neither read nor replace what the
+    server hands the watcher (its password, the host key or CA the watcher trusts), and neither server
+    sees the other's: each publishes through a volume that only it and the watcher mount."""
+    for service, account, files in (("sftp", "watcher-sftp", ("password", "known_hosts")),
+                                     ("ftp", "watcher-ftp", ("password", "ca.pem"))):
+        container = ready_stack.container(service)
+        for name in files:
+            path = f"/run/watcher-public/{name}"
+            assert ready_stack.run(["test", "-s", path], service).code == 0, f"{service} publishes no {name}"
+            read = container.exec_run(["cat", path], user=account)
+            assert read.exit_code != 0, f"{account} can read {path}"
+            replace = container.exec_run(["sh", "-c", f"chmod 600 {path} || mv /dev/null {path} || : > {path}"],
+                                         user=account)
+            assert replace.exit_code != 0, f"{account} can replace {path}"
+            assert ready_stack.run(["test", "-r", f"/run/watcher-secrets/{service}/{name}"]).code == 0
+        other = "ftp" if service == "sftp" else "sftp"
+        assert ready_stack.run(["ls", f"/run/watcher-secrets/{other}"], service).code != 0
+
+
 def test_dropped_files_reach_both_targets_and_restore_byte_for_byte(ready_stack: Stack) -> None:
     """Files moved into the bind-mounted ./data (a nested folder, a non-ASCII name, an empty file and a
     few MiB of random bytes) are in a snapshot on the SFTP and the FTPS server within the debounce and a
@@ -106,7 +126,7 @@ def test_both_repositories_are_encrypted_with_a_password_no_server_can_read(read
     random one (saying so, never printing it) into its volume, 0400 and the watcher's; the watcher reads it
     from that file (not from its environment), `doctor` says both repositories are encrypted, and each
     server's `config` says format 2, AES-256-GCM. The servers' containers do not mount that volume, and
-    the password is in none of their files (secrets volume, own keys, repositories, /etc, /tmp...)."""
+    the password is in none of their files (public volume, own keys, repositories, /etc, /tmp...)."""
     files = {"sealed.txt": b"only ciphertext on the servers\n" * 100}
     folder = ready_stack.drop(files, "sealed")
     for target in TARGETS:
@@ -218,7 +238,7 @@ def test_the_report_mail_has_the_summary_and_the_run_log(ready_stack: Stack) -> 
         assert in_log.search(log), f"target {target}'s line is not in the attached log:\n{log}"
     assert re.search(r"target \d \(.*\): snapshot \S+ saved: ", log), log  # the run that saved it
 
-    for name in ("/run/watcher-secrets/sftp_password", "/run/watcher-secrets/ftp_password", PASSWORD_FILE):
+    for name in ("/run/watcher-secrets/sftp/password", "/run/watcher-secrets/ftp/password", PASSWORD_FILE):
         password = ready_stack.run(["cat", name])
         secret = password.out.strip()
         assert password.code == 0 and len(secret) >= 16, f"{name}: exit {password.code}, {len(secret)} characters"

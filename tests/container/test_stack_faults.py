@@ -90,8 +90,9 @@ def test_compose_stop_ends_the_watcher_cleanly_within_10_seconds(ready_stack: St
     ready_stack.wait_log(r"run started", since, timeout=ARRIVAL_SECONDS)
     watcher = ready_stack.container("watcher")
     began = time.monotonic()
-    watcher.stop(timeout=10)
+    stopped = ready_stack.compose("stop", "watcher")
     took = time.monotonic() - began
+    assert stopped.returncode == 0, stopped.stderr
     watcher.reload()
     print(f"watcher stopped in {took:.2f} s")
     state = watcher.attrs["State"]

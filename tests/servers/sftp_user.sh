@@ -20,7 +20,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 if ! id "$SFTP_USER" >/dev/null 2>&1; then
-    useradd --create-home --user-group --shell /usr/sbin/nologin \
+    # ACCOUNT_UID: the container gives the account a fixed uid (docker/secrets.sh); here: the next free one.
+    useradd ${ACCOUNT_UID:+--uid "$ACCOUNT_UID"} --create-home --user-group --shell /usr/sbin/nologin \
         --comment "watcher SFTP tests" "$SFTP_USER"
 fi
 echo "$SFTP_USER:$SFTP_PASSWORD" | chpasswd
