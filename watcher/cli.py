@@ -7,9 +7,11 @@ the status instead of exiting, so tests run the real CLI in process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -361,22 +363,24 @@ def cmd_key(context: Context, args: argparse.Namespace) -> int:
             context.out(f"{mark} {str(item['id'])[:12]} {created:<20} {printable(str(item.get('host', '')))}")
         context.out(f"{len(keys)} keys")
         return ExitCode.OK
-    if action == "remove":
-        matches = [key_id for key_id in repository.key_ids() if key_id.startswith(args.id)]
-        if len(matches) != 1:
-            raise RepositoryError(f"no key matches {args.id!r}" if not matches
-                                  else f"{args.id!r} matches {len(matches)} keys; give more of the id")
-        repository.remove_key(matches[0])
-        context.out(f"removed key {matches[0][:12]}")
-        return ExitCode.OK
-    password = new_password(context.settings)
-    added = repository.add_key(password)
-    if action == "add":
-        context.out(f"added key {added[:12]}: the new password opens the repository too")
-        return ExitCode.OK
-    old, repository.key_id = repository.key_id, added
-    if old is not None:
-        repository.remove_key(old)
+    password = new_password(context.settings) if action in ("add", "passwd") else None
+    with locked(repository, exclusive=True):  # key changes one at a time: never two removals leaving none
+        if action == "remove":
+            matches = [key_id for key_id in repository.key_ids() if key_id.startswith(args.id)]
+            if len(matches) != 1:
+                raise RepositoryError(f"no key matches {args.id!r}" if not matches
+                                      else f"{args.id!r} matches {len(matches)} keys; give more of the id")
+            repository.remove_key(matches[0])
+            context.out(f"removed key {matches[0][:12]}")
+            return ExitCode.OK
+        assert password is not None
+        added = repository.add_key(password, remember=action == "passwd")
+        if action == "add":
+            context.out(f"added key {added[:12]}: the new password opens the repository too")
+            return ExitCode.OK
+        old, repository.key_id = repository.key_id, added
+        if old is not None:
+            repository.remove_key(old)
     context.out(f"password changed: key {added[:12]} replaces key {(old or '?')[:12]}; set "
                 "BACKUP_REPOSITORY_PASSWORD to the new password")
     return ExitCode.OK
@@ -461,6 +465,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         args.paths += extra  # `restore SNAPSHOT --to DIR PATH...`: paths after the option
     environ = os.environ if environ is None else environ
     secrets: list[str] = []
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a core dump would hold passwords and master keys
 
     def err(message: str) -> None:
         print(printable(redact(message, secrets)), file=sys.stderr)

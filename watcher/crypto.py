@@ -95,6 +95,15 @@ class MasterKey:
     def blob_id(self, data: bytes | memoryview) -> str:
         return hmac.digest(self.mac, data, "sha256").hex()
 
+    def chunker_seed(self) -> int:
+        """The chunker's seed: secret, so that the server cannot tell chunk boundaries (and from them
+        which known file is stored) by their sizes; 63 bits, what the chunker takes."""
+        return int.from_bytes(hmac.digest(self.mac, b"watcher-v2 chunker seed", "sha256")[:8], "big") >> 1
+
+    def config_mac(self, authenticated: bytes) -> str:
+        """The MAC a version 2 `config` carries over its parameters: the server cannot change them."""
+        return hmac.digest(self.mac, b"watcher-v2 config " + authenticated, "sha256").hex()
+
     def __repr__(self) -> str:
         return "MasterKey(...)"
 

@@ -13,6 +13,8 @@ blobs the next run reuses; never a snapshot naming something missing.
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import io
 import json
 import logging
@@ -21,7 +23,8 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,10 +86,16 @@ class Protection:
     server: bool = False
 
 
-# Master keys unwrapped in this process: (repository id, SHA-256 of the password) -> (key id, keys).
-# scrypt costs about half a second on purpose; the daemon opens its repositories again after a
-# failed run, and must not pay it again for each.
+# Master keys unwrapped in this process: (repository id, password tag) -> (key id, keys). scrypt
+# costs about half a second on purpose; the daemon opens its repositories again after a failed
+# run, and must not pay it again for each. The tag is an HMAC under a key of this process alone:
+# what memory holds is no fast test of a guessed password.
 _UNLOCKED: dict[tuple[str, str], tuple[str, crypto.MasterKey]] = {}
+_TAG_KEY = os.urandom(32)
+
+
+def _unlocked_key(repository_id: str, password: str) -> tuple[str, str]:
+    return repository_id, hmac.digest(_TAG_KEY, password.encode(), "sha256").hex()
 
 # What `open` creates: it names the local cache's folder, so nothing else may pass (no `..`, no `/`).
 REPOSITORY_ID = re.compile(r"[0-9a-f]{32}")
@@ -116,8 +125,15 @@ class ChunkerParams:
 
 # What the chunker (pyfastcdc) accepts: outside these it refuses to start.
 CHUNKER_LIMITS = {"min_size": (64, 1 << 20), "avg_size": (256, 4 << 20), "max_size": (1024, 16 << 20),
-                  "normalization": (0, 3), "seed": (0, 2**64 - 1)}
+                  "normalization": (0, 3), "seed": (0, 2**63 - 1)}
 PACK_SIZE_MAX = 1 << 30  # a pack is built in memory
+# Version 2's smallest packs: many tiny packs would tell the server more about the files' sizes.
+PACK_SIZE_MIN_ENCRYPTED = 1 << 20
+# The most key files a reader tries (scrypt, up to seconds each): a server adding thousands of them
+# must not make opening the repository take hours. `key add` refuses to go beyond it. Files that are
+# refused before scrypt (damaged, parameters out of bounds) cost a read each: at most KEYS_READ_MAX.
+KEYS_MAX = 16
+KEYS_READ_MAX = 64
 
 
 def _chunker_from_json(value: object) -> ChunkerParams:
@@ -140,19 +156,28 @@ class RepoConfig:
     compression: str = "none"
     encryption: str = "none"
     version: int = FORMAT_VERSION
+    mac: str = ""  # version 2: HMAC of `authenticated()` under the master MAC key
 
-    def encode(self) -> bytes:
-        document = {
+    def _parameters(self) -> dict[str, object]:
+        return {
             "format": FORMAT_NAME,
             "version": self.version,
             "id": self.id,
-            "created": datetime.now(UTC).isoformat(),
             "hash": "hmac-sha256" if self.version == FORMAT_ENCRYPTED else "sha256",
             "chunker": {"algorithm": "fastcdc2020", **vars(self.chunker)},
             "pack_size": self.pack_size,
             "compression": self.compression,
             "encryption": self.encryption,
         }
+
+    def authenticated(self) -> bytes:
+        """What a version 2 config's `mac` covers (docs/FORMAT.md): every parameter, as sorted compact JSON."""
+        return json.dumps(self._parameters(), sort_keys=True, separators=(",", ":")).encode()
+
+    def encode(self) -> bytes:
+        document = {**self._parameters(), "created": datetime.now(UTC).isoformat()}
+        if self.version == FORMAT_ENCRYPTED:
+            document["mac"] = self.mac
         return json.dumps(document, indent=1).encode()
 
     @classmethod
@@ -175,9 +200,16 @@ class RepoConfig:
             repository_id = document["id"]
             if not isinstance(repository_id, str) or not REPOSITORY_ID.fullmatch(repository_id):
                 raise RepositoryError(f"repository config: the id {fields.shown(repository_id)} is not 32 hex digits")
-            pack_size = fields.integer(document["pack_size"], "pack_size", 1, PACK_SIZE_MAX)
-            return cls(repository_id, _chunker_from_json(document["chunker"]), pack_size, expected[1],
-                       expected[0], version)
+            if version == FORMAT_ENCRYPTED:
+                pack_size = fields.integer(document["pack_size"], "pack_size", PACK_SIZE_MIN_ENCRYPTED, PACK_SIZE_MAX)
+                mac = fields.hex_id(document["mac"], "mac")
+                chunker = _chunker_from_json(document["chunker"])
+                if chunker.seed != 0:
+                    raise fields.FieldError("chunker.seed: a version 2 repository derives it from its key; 0 expected")
+            else:
+                pack_size = fields.integer(document["pack_size"], "pack_size", 1, PACK_SIZE_MAX)
+                mac, chunker = "", _chunker_from_json(document["chunker"])
+            return cls(repository_id, chunker, pack_size, expected[1], expected[0], version, mac)
         except (ValueError, KeyError) as error:
             raise IntegrityError(f"repository config cannot be read: {fields.reason(error)}") from error
 
@@ -210,28 +242,71 @@ class Repository:
 
     # -- opening -----------------------------------------------------------------------------
 
-    def open(self, *, create: bool = False, pack_size: int = PACK_TARGET) -> None:
-        """Read the repository config, creating the repository if `create` and none exists."""
-        try:
-            data = self.backend.get_bytes("config", CONFIG_LIMIT)
-        except NotFoundError:
+    def open(self, *, create: bool = False, pack_size: int = PACK_TARGET,
+             exclusive: Callable[[], AbstractContextManager[object]] | None = None) -> None:
+        """Read the repository config, creating the repository if `create` and none exists.
+
+        `exclusive` (an exclusive repository lock) is held while creating: two processes creating one
+        repository at once would otherwise each write a config and a key, and one of them would then
+        write data under a key the config no longer names."""
+        data = self._read_config()
+        if data is None:
             if not create:
-                raise RepositoryError(f"no repository at {self.backend.describe()} (run a backup first)") from None
-            self._create(pack_size)
-        else:
+                raise RepositoryError(f"no repository at {self.backend.describe()} (run a backup first)")
+            with exclusive() if exclusive else contextlib.nullcontext():
+                data = self._read_config()  # made by another process before the lock was ours
+                if data is None:
+                    self._create(pack_size)
+        if data is not None:
             self.config = RepoConfig.decode(data)
             if self.config.version == FORMAT_ENCRYPTED:
                 self._unlock()
-            elif self._was_encrypted():
-                raise IntegrityError(f"the repository at {self.backend.describe()} was encrypted when this machine "
-                                     "last opened it, and its config now says it is not: refused (was the config "
-                                     "replaced on the server?)")
-            elif self.protection.password:
-                log.warning("the repository at %s is not encrypted (format 1, made so or by an earlier watcher): "
-                            "BACKUP_REPOSITORY_PASSWORD is not used for it", self.backend.describe())
+            else:
+                self._accept_plain(writing=create)
         if self.state_dir is not None:
             self.cache = LocalCache(self.state_dir / "repos" / self.config.id / "cache.db",
                                     {"tree": self.codec.blob_id})
+
+    @property
+    def chunker(self) -> ChunkerParams:
+        """The chunker's parameters: the config's, with version 2's secret seed (`MasterKey.chunker_seed`)."""
+        assert self.config is not None
+        if isinstance(self.codec, EncryptedCodec):
+            return replace(self.config.chunker, seed=self.codec.master.chunker_seed())
+        return self.config.chunker
+
+    def _read_config(self) -> bytes | None:
+        try:
+            return self.backend.get_bytes("config", CONFIG_LIMIT)
+        except NotFoundError:
+            return None
+
+    def _accept_plain(self, *, writing: bool) -> None:
+        """Whether an unencrypted (format 1) repository may be used. The plain `config` is not
+        authenticated, so a server can pass any repository off as one: what this machine knows decides.
+        Refused always where it opened an encrypted repository before (this id, or this target); and,
+        when a backup would write plain data although BACKUP_REPOSITORY_PASSWORD is set, refused on a
+        server unless this machine backed up into it before or BACKUP_ENCRYPTION=none accepts it."""
+        assert self.config is not None
+        where, protection = self.backend.describe(), self.protection
+        for marker in (self._encrypted_marker(), self._target_marker()):
+            if marker is not None and marker.exists():
+                raise IntegrityError(f"the repository at {where} was encrypted when this machine last opened it, "
+                                     "and its config now says it is not: refused (was the config replaced on the "
+                                     f"server? if you made it again unencrypted on purpose, delete {marker})")
+        if not protection.password:
+            return
+        known = self._repository_dir()
+        if (writing and protection.server and protection.encryption != "none" and known is not None
+                and not (known / "plain").exists() and not (known / "last-snapshot.json").exists()):
+            raise RepositoryError(f"the repository at {where} is not encrypted (format 1) and this machine has never "
+                                  "backed up into it: refused, since BACKUP_REPOSITORY_PASSWORD is set (a server can "
+                                  "pass a repository off as unencrypted); if it was made so on purpose or by an "
+                                  "earlier watcher, run one backup with BACKUP_ENCRYPTION=none to accept it")
+        log.warning("the repository at %s is not encrypted (format 1, made so or by an earlier watcher): "
+                    "BACKUP_REPOSITORY_PASSWORD is not used for it", where)
+        if writing and known is not None:
+            self._mark(known / "plain", "that this unencrypted repository was accepted")
 
     def _create(self, pack_size: int) -> None:
         """A new repository: encrypted when a password is given (and encryption is not `none`);
@@ -240,8 +315,11 @@ class Repository:
         protection, where = self.protection, self.backend.describe()
         repository_id = os.urandom(16).hex()
         if protection.password and protection.encryption != "none":
-            self.config = RepoConfig(repository_id, ChunkerParams(), pack_size, "zstd", ENCRYPTION, FORMAT_ENCRYPTED)
+            if pack_size < PACK_SIZE_MIN_ENCRYPTED:
+                raise RepositoryError(f"an encrypted repository's packs are at least {PACK_SIZE_MIN_ENCRYPTED} bytes")
             master = crypto.MasterKey.generate()
+            config = RepoConfig(repository_id, ChunkerParams(), pack_size, "zstd", ENCRYPTION, FORMAT_ENCRYPTED)
+            self.config = replace(config, mac=master.config_mac(config.authenticated()))
             self._use(master, self._put_key(master, protection.password))
             self.backend.put_bytes("config", self.config.encode())  # last: a repository exists once it has a config
             log.info("created a new encrypted repository at %s (keep BACKUP_REPOSITORY_PASSWORD safe: without it "
@@ -253,40 +331,58 @@ class Repository:
                                "unencrypted on purpose)"])
         self.config = RepoConfig(repository_id, ChunkerParams(), pack_size)
         self.backend.put_bytes("config", self.config.encode())
+        known = self._repository_dir()
+        if known is not None and protection.password:
+            self._mark(known / "plain", "that this unencrypted repository was made here")
         why = "BACKUP_ENCRYPTION=none" if protection.encryption == "none" else "BACKUP_REPOSITORY_PASSWORD is not set"
         log.info("created a new repository at %s, not encrypted (%s)", where, why)
 
     def _use(self, master: crypto.MasterKey, key_id: str) -> None:
+        """Open with these master keys, once they have authenticated the config's parameters."""
         assert self.config is not None
+        if not hmac.compare_digest(master.config_mac(self.config.authenticated()), self.config.mac):
+            raise IntegrityError(f"the config of the repository at {self.backend.describe()} fails authentication: "
+                                 "its parameters were changed (on the server?): refused")
         self.codec = EncryptedCodec(master, self.protection.compression)
         self.key_id = key_id
-        marker = self._encrypted_marker()
-        if marker is not None and not marker.exists():
-            try:
-                write_file(marker, b"")
-            except OSError as error:
-                log.warning("cannot record in %s that this repository is encrypted: %s", marker,
-                            error.strerror or error)
+        for marker in (self._encrypted_marker(), self._target_marker()):
+            if marker is not None and not marker.exists():
+                self._mark(marker, "that this repository is encrypted")
+
+    @staticmethod
+    def _mark(path: Path, what: str) -> None:
+        try:
+            write_file(path, b"")
+        except OSError as error:
+            log.warning("cannot record in %s %s: %s", path, what, error.strerror or error)
+
+    def _repository_dir(self) -> Path | None:
+        """`BACKUP_STATE_DIR/repos/<id>`: what this machine keeps of a repository (cache, records)."""
+        if self.state_dir is None or self.config is None:
+            return None
+        return self.state_dir / "repos" / self.config.id
 
     def _encrypted_marker(self) -> Path | None:
         """`BACKUP_STATE_DIR/repos/<id>/encrypted`: this machine opened the repository encrypted once. The
         plain `config` is not authenticated; this keeps a server from passing it off as unencrypted
         (format 1) to a machine that knows better, which would then upload plain data."""
-        if self.state_dir is None or self.config is None:
-            return None
-        return self.state_dir / "repos" / self.config.id / "encrypted"
+        known = self._repository_dir()
+        return None if known is None else known / "encrypted"
 
-    def _was_encrypted(self) -> bool:
-        marker = self._encrypted_marker()
-        return marker is not None and marker.exists()
+    def _target_marker(self) -> Path | None:
+        """`BACKUP_STATE_DIR/targets/<hash of the URL>.encrypted`: this target held an encrypted repository,
+        so a plain one there now, whatever its id, is refused too."""
+        record = self._key_record()
+        return None if record is None else record.with_suffix(".encrypted")
 
-    def _put_key(self, master: crypto.MasterKey, password: str) -> str:
+    def _put_key(self, master: crypto.MasterKey, password: str, *, remember: bool = False) -> str:
+        """Write a key file; `remember`: it is the one this target opens with from now on (`_key_record`)."""
         assert self.config is not None
         data = crypto.wrap_key(master, self.config.id, password, crypto.tuned_params())
         key_id = digest(data)
         self.backend.put_bytes(f"keys/{key_id}", data)
-        _UNLOCKED[(self.config.id, digest(password.encode()))] = (key_id, master)
-        if password == self.protection.password:
+        _UNLOCKED[_unlocked_key(self.config.id, password)] = (key_id, master)
+        if remember or password == self.protection.password:
             self._remember_key(key_id, data)
         return key_id
 
@@ -325,12 +421,15 @@ class Repository:
             key = crypto.decode_key_file(key_id, fields.text(record["file"], "file").encode())
         except (OSError, ValueError, KeyError, IntegrityError):
             return  # only a head start: the key is read from the target as usual
-        if (repository_id, digest(password.encode())) in _UNLOCKED:
+        if _unlocked_key(repository_id, password) in _UNLOCKED:
             return
         result: dict[str, crypto.MasterKey | None] = {}
 
         def unwrap() -> None:
-            result["master"] = key.unwrap(password, repository_id)
+            try:
+                result["master"] = key.unwrap(password, repository_id)
+            except Exception as error:  # only a head start: _unlock tries this key itself, and says why
+                log.debug("the early key derivation failed: %s", error)
 
         thread = threading.Thread(target=unwrap, name="key-unwrap", daemon=True)
         thread.start()
@@ -343,10 +442,9 @@ class Repository:
         repository_id, key_id, thread, result = self._early
         self._early = None
         thread.join()
-        master = result.get("master")
-        if repository_id != self.config.id or key_id not in listed:
-            return None, None  # another repository at that place now, or a key removed since
-        return key_id, master
+        if repository_id != self.config.id or key_id not in listed or "master" not in result:
+            return None, None  # another repository at that place now, a key removed since, or it failed
+        return key_id, result["master"]
 
     def key_ids(self) -> list[str]:
         return sorted(info.key.split("/", 1)[1] for info in self.backend.list("keys"))
@@ -362,45 +460,62 @@ class Repository:
             raise ConfigError([f"BACKUP_REPOSITORY_PASSWORD: the repository at {where} is encrypted: set it (or "
                                "BACKUP_REPOSITORY_PASSWORD_FILE) to the password of one of its keys"])
         listed = self.key_ids()
-        remembered = _UNLOCKED.get((self.config.id, digest(password.encode())))
+        remembered = _UNLOCKED.get(_unlocked_key(self.config.id, password))
         if remembered is not None and remembered[0] in listed:
             self._use(remembered[1], remembered[0])
             return
         tried, master = self._early_key(listed)
         if tried is not None and master is not None:
-            _UNLOCKED[(self.config.id, digest(password.encode()))] = (tried, master)
+            _UNLOCKED[_unlocked_key(self.config.id, password)] = (tried, master)
             self._use(master, tried)
             return
         damaged = []
+        derived = int(tried is not None)  # scrypt runs, each up to seconds: at most KEYS_MAX
+        read = 0  # key files fetched: at most KEYS_READ_MAX
         for key_id in listed:
             if key_id == tried:
                 continue  # the head start found it does not open with this password
+            if derived >= KEYS_MAX or read >= KEYS_READ_MAX:
+                break
+            read += 1
             try:
                 data = self.backend.get_bytes(f"keys/{key_id}", crypto.KEY_FILE_LIMIT)
                 key = crypto.decode_key_file(key_id, data)
             except (IntegrityError, NotFoundError) as error:
                 damaged.append(str(error))
                 continue
+            derived += 1
             master = key.unwrap(password, self.config.id)
             if master is not None:
-                _UNLOCKED[(self.config.id, digest(password.encode()))] = (key_id, master)
+                _UNLOCKED[_unlocked_key(self.config.id, password)] = (key_id, master)
                 self._use(master, key_id)
                 self._remember_key(key_id, data)
                 return
-        detail = f"; {len(damaged)} key files are damaged ({'; '.join(damaged[:3])})" if damaged else ""
         if not listed:
-            detail = "; it has no key at all (keys/ is empty)"
+            raise IntegrityError(f"the encrypted repository at {where} has no key at all (keys/ is empty): it cannot "
+                                 "be opened")
+        if len(damaged) == len(listed):
+            raise IntegrityError(f"no key file of the encrypted repository at {where} can be read ({len(damaged)} "
+                                 f"damaged: {'; '.join(damaged[:3])}): it cannot be opened")
+        detail = f"; {len(damaged)} key files are damaged ({'; '.join(damaged[:3])})" if damaged else ""
+        if read + (tried is not None) < len(listed):
+            detail += f"; only {read + (tried is not None)} of its {len(listed)} key files were tried"
         raise WrongPasswordError(f"BACKUP_REPOSITORY_PASSWORD does not open the encrypted repository at {where}: "
                                  f"wrong password{detail}")
 
-    def add_key(self, password: str) -> str:
-        """A new key for the open repository's master keys, opened by `password`; its id."""
+    def add_key(self, password: str, *, remember: bool = False) -> str:
+        """A new key for the open repository's master keys, opened by `password`; its id. The caller
+        holds the exclusive lock (so does every key change: see `remove_key`)."""
         if not isinstance(self.codec, EncryptedCodec):
             raise RepositoryError(f"the repository at {self.backend.describe()} is not encrypted: it has no keys")
-        return self._put_key(self.codec.master, password)
+        if len(self.key_ids()) >= KEYS_MAX:
+            raise RepositoryError(f"the repository has {KEYS_MAX} keys, the most a reader tries: remove one first")
+        return self._put_key(self.codec.master, password, remember=remember)
 
     def remove_key(self, key_id: str) -> None:
-        """Remove a key, never the last one, nor the one this process opened the repository with."""
+        """Remove a key, never the last one, nor the one this process opened the repository with. The
+        caller holds the exclusive lock: two removals at once, each seeing the other's key, would
+        otherwise leave none."""
         listed = self.key_ids()
         if key_id not in listed:
             raise RepositoryError(f"no key {key_id}")
@@ -410,6 +525,16 @@ class Repository:
             raise RepositoryError(f"key {key_id[:12]} is the one BACKUP_REPOSITORY_PASSWORD opens: "
                                   "use `watcher key passwd` to change it")
         self.backend.delete(f"keys/{key_id}")
+        self._forget_key_record(key_id)
+
+    def _forget_key_record(self, key_id: str) -> None:
+        """A removed key (an old password) must not stay in the state folder either."""
+        path = self._key_record()
+        try:
+            if path is not None and path.exists() and json.loads(path.read_bytes()).get("key") == key_id:
+                path.unlink()
+        except (OSError, ValueError, AttributeError) as error:
+            log.warning("cannot remove the copy of removed key %s from %s: %s", key_id[:12], path, error)
 
     def close(self) -> None:
         self.cache.close()
@@ -543,13 +668,17 @@ class Repository:
     def load_snapshot(self, snapshot_id: str, *, cached: bool = False) -> Snapshot:
         """A snapshot document; `cached` allows the local copy (for ids just listed on the server)."""
         data = self.cache.get_snapshot(snapshot_id) if cached else None
+        fetched = data is None
         if data is None:
             try:
                 data = self.backend.get_bytes(f"snapshots/{snapshot_id}", SNAPSHOT_LIMIT)
             except NotFoundError:
                 raise SnapshotNotFoundError(f"snapshot {snapshot_id} not found") from None
-            self.cache.put_snapshot(snapshot_id, data)
-        return decode_snapshot(snapshot_id, self.codec.unseal("snapshot", snapshot_id, data, f"snapshot {snapshot_id}"))
+        snapshot = decode_snapshot(snapshot_id, self.codec.unseal("snapshot", snapshot_id, data,
+                                                                  f"snapshot {snapshot_id}"))
+        if fetched:
+            self.cache.put_snapshot(snapshot_id, data)  # only once it is known good
+        return snapshot
 
     def list_snapshots(self) -> list[Snapshot]:
         """Every snapshot that can be read, oldest first (by the time its host's clock gave it).

@@ -41,7 +41,7 @@ def open_repository(settings: Settings, target: Target | None = None, *, create:
     try:
         repository.start_unlock()  # scrypt in a thread, beside connecting, when this target was opened before
         backend.open()
-        repository.open(create=create)
+        repository.open(create=create, exclusive=lambda: locked(repository, exclusive=True))
         repository.load_index()
     except BaseException:
         repository.close()

@@ -162,7 +162,7 @@ class _Run:
     def __init__(self, repository: Repository, writer: BlobWriter, options: BackupOptions, progress: Progress,
                  stop: threading.Event | None, changed: ChangedPaths | None, parent: Snapshot | None) -> None:
         assert repository.config is not None
-        params = repository.config.chunker
+        params = repository.chunker
         self.repository = repository
         self.cache = repository.cache
         self.writer = writer
