@@ -73,11 +73,16 @@ def test_a_new_server_repository_without_a_password_is_refused_at_start(sshd_ser
 
 def test_each_target_has_its_own_keys_opened_by_the_same_password(sshd_server, ftp_server, source, tmp_path,
                                                                    capsys):
+    """Over SFTP and over plain FTP (the data crosses the network in clear there: only ciphertext may)."""
+    second = ftp_server.scratch("second")
     env = {**sftp_env(sshd_server, source, tmp_path, sshd_server.scratch("first")),
-           "BACKUP_TARGET_2": ftp_server.env(ftp_server.scratch("second"))["BACKUP_TARGET"],
+           "BACKUP_TARGET_2": ftp_server.env(second)["BACKUP_TARGET"],
            "BACKUP_TARGET_2_PASSWORD": ftp_server.password}
     code, _out, err = run(capsys, ["backup"], env)
     assert code == 0, err
+    if ftp_server.local:  # the FTP server's folder, searched on disk
+        assert json.loads((Path(second) / "config").read_bytes())["version"] == 2
+        assert_nothing_readable(Path(second))
     keys = [json.loads(run(capsys, ["key", "list", "--json", "--target", str(n)], env)[1]) for n in (1, 2)]
     assert keys[0][0]["id"] != keys[1][0]["id"]
     repository._UNLOCKED.clear()
