@@ -37,7 +37,7 @@ from watcher.errors import (
     SnapshotNotFoundError,
     TransientError,
 )
-from watcher.pack import PACK_TARGET, PLAIN, BlobEntry, Codec, EncryptedCodec, PackBuilder
+from watcher.pack import PACK_TARGET, PLAIN, BlobEntry, Codec, EncryptedCodec, PackBuilder, PiecesReader
 from watcher.private import write_file
 from watcher.snapshot import (
     BadEntry,
@@ -771,7 +771,7 @@ class BlobWriter:
         if self.known(blob_id):
             return False
         self._raise_upload_error()
-        self.builder.add_plain(blob_id, blob_type, data)  # encoded on the upload thread
+        self.builder.add_plain(blob_id, blob_type, data)  # encoded now, in this thread (see PackBuilder)
         self._added(blob_id)
         return True
 
@@ -811,13 +811,18 @@ class BlobWriter:
                     return
                 continue
             try:
-                pack_id, data, entries = item.finish()
+                pack_id, pieces, entries = item.finish_pieces()
+                del item
                 self.bytes_added += sum(entry.length for entry in entries)
+                stream = PiecesReader(pieces)
+                del pieces  # the stream holds them: freed when it is, right after the upload
                 with self.repository.lock:
-                    self.repository.backend.put(pack_key(pack_id), io.BytesIO(data))
-                self.uploaded.append((pack_id, len(data), entries))
+                    self.repository.backend.put(pack_key(pack_id), stream)
+                size = stream.size
+                del stream
+                self.uploaded.append((pack_id, size, entries))
                 self.written_packs.add(pack_id)
-                self.on_upload(len(data))
+                self.on_upload(size)
                 if len(self.uploaded) >= INDEX_EVERY_PACKS:
                     self._write_index()
             except BaseException as error:  # handed to the caller's thread by _raise_upload_error
