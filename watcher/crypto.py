@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from watcher import fields
+from watcher import early_kdf, fields
 from watcher.errors import IntegrityError
 
 SALT_SIZE = 32
@@ -143,6 +143,9 @@ class KdfParams:
     p: int
 
     def derive(self, password: str, salt: bytes) -> bytes:
+        early = early_kdf.take(password, salt, self.n, self.r, self.p, KEY_SIZE)  # begun at start-up, if at all
+        if early is not None:
+            return early
         return hashlib.scrypt(password.encode(), salt=salt, n=self.n, r=self.r, p=self.p, dklen=KEY_SIZE,
                               maxmem=SCRYPT_MEMORY_MAX + 16 * 1024 * 1024)
 
