@@ -40,7 +40,7 @@ from watcher.errors import (
     SnapshotNotFoundError,
     TransientError,
 )
-from watcher.pack import PACK_TARGET, PLAIN, BlobEntry, Codec, EncryptedCodec, PackBuilder
+from watcher.pack import PACK_TARGET, PLAIN, BlobEntry, Codec, EncryptedCodec, PackBuilder, PiecesReader
 from watcher.private import write_file
 from watcher.snapshot import (
     BadEntry,
@@ -62,7 +62,10 @@ FORMAT_ENCRYPTED = 2  # docs/FORMAT.md, "Version 2": everything but `config` sea
 ENCRYPTION = "aes-256-gcm"
 INDEX_EVERY_PACKS = 8
 INDEX_BLOBS = 250_000  # the most blobs one index file names (about 27 MB)
-UPLOAD_QUEUE = 2
+# Packs handed to the upload thread and not uploaded yet, besides the one being filled: one is
+# double buffering (the scan fills a pack while the previous one uploads), so a backup holds at
+# most two packs (~32 MiB); the upload is the slower side, so a deeper queue only held more memory.
+PACKS_IN_FLIGHT = 1
 STAT_PACKS_AT_MOST = 256  # more packs written: one listing of packs/ is cheaper than a stat for each
 
 
@@ -926,7 +929,8 @@ class BlobWriter:
         self.written_packs: set[str] = set()
         self.indexed: list[tuple[str, int, list[BlobEntry]]] = []  # what this writer's indexes name
         self.index_ids: set[str] = set()
-        self.queue: queue.Queue[PackBuilder | None] = queue.Queue(UPLOAD_QUEUE)
+        self.queue: queue.Queue[PackBuilder | None] = queue.Queue()
+        self.in_flight = threading.BoundedSemaphore(PACKS_IN_FLIGHT)  # a pack's slot, freed once uploaded
         self.error: BaseException | None = None
         self.on_upload: Callable[[int], None] = lambda size: None
         self.thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
@@ -940,7 +944,7 @@ class BlobWriter:
         if self.known(blob_id):
             return False
         self._raise_upload_error()
-        self.builder.add_plain(blob_id, blob_type, data)  # encoded on the upload thread
+        self.builder.add_plain(blob_id, blob_type, data)  # encoded now, in this thread (see PackBuilder)
         self._added(blob_id)
         return True
 
@@ -964,13 +968,12 @@ class BlobWriter:
         self._put_in_queue(builder)  # finished (header, hash) on the upload thread, beside the scan
 
     def _put_in_queue(self, item: PackBuilder | None) -> None:
+        """Hand a pack (None: the end) to the upload thread once it has a free slot."""
         while True:
             self._raise_upload_error()
-            try:
-                self.queue.put(item, timeout=0.5)
+            if item is None or self.in_flight.acquire(timeout=0.5):
+                self.queue.put(item)
                 return
-            except queue.Full:
-                continue
 
     def _upload_loop(self) -> None:
         while True:
@@ -978,19 +981,30 @@ class BlobWriter:
             if item is None or self.error is not None:
                 if item is None:
                     return
+                self.in_flight.release()
                 continue
+            released = False
             try:
-                pack_id, data, entries = item.finish()
+                pack_id, pieces, entries = item.finish_pieces()
+                del item
                 self.bytes_added += sum(entry.length for entry in entries)
+                stream = PiecesReader(pieces)
+                del pieces  # the stream holds them: freed when it is, right after the upload
                 with self.repository.lock:
-                    self.repository.backend.put(pack_key(pack_id), io.BytesIO(data))
-                self.uploaded.append((pack_id, len(data), entries))
+                    self.repository.backend.put(pack_key(pack_id), stream)
+                size = stream.size
+                del stream
+                self.in_flight.release()  # its bytes are freed: the scan may hand over the next pack
+                released = True
+                self.uploaded.append((pack_id, size, entries))
                 self.written_packs.add(pack_id)
-                self.on_upload(len(data))
+                self.on_upload(size)
                 if len(self.uploaded) >= INDEX_EVERY_PACKS:
                     self._write_index()
             except BaseException as error:  # handed to the caller's thread by _raise_upload_error
                 self.error = error
+                if not released:
+                    self.in_flight.release()
 
     def _write_index(self) -> None:
         entries, self.uploaded = self.uploaded, []
@@ -1014,12 +1028,7 @@ class BlobWriter:
     def abort(self) -> None:
         """Stop the upload thread without indexing what it was doing (the run failed)."""
         self.error = self.error or RepositoryError("aborted")
-        while self.thread.is_alive():
-            try:
-                self.queue.put(None, timeout=0.5)
-                break
-            except queue.Full:
-                continue
+        self.queue.put(None)  # the queue is unbounded: packs are bounded by `in_flight`
         self.thread.join(timeout=5)  # a stuck upload must not hold up a stopping daemon
 
 
