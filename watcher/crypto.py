@@ -161,16 +161,22 @@ class KdfParams:
 
 def tuned_params(seconds: float = KDF_SECONDS) -> KdfParams:
     """scrypt parameters costing about `seconds` here: 64 MiB, p raised to fill the time (measured
-    once, at `init` or `key add`; readers use the stored ones)."""
+    once, at `init` or `key add`; readers use the stored ones). The measure is a quarter of one unit
+    (n/4: scrypt's time is linear in n), the better of two, so that tuning costs a fraction of what
+    the derivation it tunes does."""
     n = SCRYPT_N
     while True:
-        started = time.perf_counter()
-        KdfParams(n, SCRYPT_R, 1).derive("calibration", bytes(SALT_SIZE))
-        spent = time.perf_counter() - started
+        spent = min(_seconds(KdfParams(n // 4, SCRYPT_R, 1)) for _ in range(2)) * 4
         if spent <= seconds or n <= 1 << 14:
             break
         n //= 2  # a slow machine: less memory rather than seconds of waiting
     return KdfParams(n, SCRYPT_R, max(P_RANGE[0], min(16, round(seconds / max(spent, 1e-3)))))
+
+
+def _seconds(params: KdfParams) -> float:
+    started = time.perf_counter()
+    params.derive("calibration", bytes(SALT_SIZE))
+    return time.perf_counter() - started
 
 
 def _b64(data: bytes) -> str:

@@ -39,7 +39,7 @@ def open_repository(settings: Settings, target: Target | None = None, *, create:
                             server=chosen is not None and chosen.scheme != "file")
     repository = Repository(backend, settings.state_dir, protection)
     try:
-        repository.start_unlock()  # scrypt in a thread, beside connecting, when this target was opened before
+        repository.start_unlock(create=create)  # scrypt in a thread, beside connecting
         backend.open()
         repository.open(create=create, exclusive=lambda: locked(repository, exclusive=True))
         repository.load_index()
