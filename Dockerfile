@@ -27,8 +27,11 @@ RUN case "$WATCHER_UID" in 0|60021|60022) echo "WATCHER_UID=$WATCHER_UID is rese
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid "$WATCHER_UID" --user-group --no-create-home --home-dir /var/lib/watcher \
       --shell /usr/sbin/nologin watcher \
- && install -d -o watcher -g watcher -m 0700 /var/lib/watcher /restore
+ && install -d -o watcher -g watcher -m 0700 /var/lib/watcher /restore /run/watcher-repository
 COPY --from=build /opt/watcher /opt/watcher
+# The compose stack's one-shot `repository-password` service (docker-compose.yml) runs this, as the
+# watcher's uid, into /run/watcher-repository: a new volume mounted there takes this folder's owner.
+COPY docker/repository-password.sh /usr/local/lib/watcher/repository-password.sh
 ENV PATH=/opt/watcher/bin:$PATH \
     BACKUP_STATE_DIR=/var/lib/watcher \
     PYTHONDONTWRITEBYTECODE=1 \

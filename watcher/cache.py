@@ -71,11 +71,18 @@ def _tolerant(default: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
     return wrap
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class LocalCache:
     """The per-repository cache; every failure to use it degrades to 'not cached'."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, digests: dict[str, Callable[[bytes], str]] | None = None) -> None:
         self.db: sqlite3.Connection | None = None
+        # How a cached object's id is checked, by kind (default SHA-256: index files as stored, and
+        # format 1's trees); an encrypted repository's trees are named by a keyed hash.
+        self.digests = digests or {}
         self.warned = False
         self.pending_files: list[tuple[Any, ...]] = []
         self.pending_touches: list[tuple[int, bytes]] = []
@@ -157,10 +164,11 @@ class LocalCache:
             pending = self.pending_blobs.get(blob_id)
         if pending is not None:
             return pending[2]
-        row = self.db.execute("SELECT data FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+        row = self.db.execute("SELECT data, kind FROM blobs WHERE id = ?", (blob_id,)).fetchone()
         if row is None:
             return None
-        if not isinstance(row[0], bytes) or hashlib.sha256(row[0]).hexdigest() != blob_id:
+        check = self.digests.get(row[1], _sha256)
+        if not isinstance(row[0], bytes) or check(row[0]) != blob_id:
             self.db.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
             return None
         return bytes(row[0])

@@ -7,9 +7,11 @@ the status instead of exiting, so tests run the real CLI in process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +23,15 @@ from watcher.actions.listing import diff_snapshots, list_entries, snapshot_as_js
 from watcher.actions.prune import run_forget
 from watcher.actions.restore import run_restore
 from watcher.config import MAX_TARGETS, Settings, Target, load_settings, read_environment, target_variable
-from watcher.errors import ConfigError, ExitCode, UnexpectedError, WatcherError
+from watcher.errors import (
+    ConfigError,
+    ExitCode,
+    IntegrityError,
+    NotFoundError,
+    RepositoryError,
+    UnexpectedError,
+    WatcherError,
+)
 from watcher.locks import locked
 from watcher.logs import log_traceback, redact, setup_console
 from watcher.notify import check_mail_server, utc_now
@@ -80,6 +90,19 @@ def _parser() -> argparse.ArgumentParser:
                                              "say (restic's meaning; none set: keep all), then removes the data "
                                              "no remaining snapshot needs.")
     forget.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    key = commands.add_parser("key", help="list, add, remove or change the passwords of an encrypted repository",
+                              description="An encrypted repository's master keys are stored once per password, "
+                                          "in keys/<id>; any of them opens it. The new password of add and passwd "
+                                          "comes from BACKUP_NEW_REPOSITORY_PASSWORD (_FILE), or is asked on "
+                                          "the terminal.")
+    actions = key.add_subparsers(dest="key_action", required=True, metavar="ACTION")
+    key_list = actions.add_parser("list", parents=[chooses], help="the keys (* marks the one the password opens)")
+    key_list.add_argument("--json", action="store_true", help="print JSON")
+    actions.add_parser("add", parents=[chooses], help="add a key for a new password")
+    key_remove = actions.add_parser("remove", parents=[chooses], help="remove a key (never the last one)")
+    key_remove.add_argument("id", help="key id or unique prefix")
+    actions.add_parser("passwd", parents=[chooses],
+                       help="change the password: a key for the new one replaces the current one")
     commands.add_parser("doctor", help="check configuration, every target, local state and mail, one line per check")
     commands.add_parser("run", help="the daemon: back up at start, then on every burst of changes",
                         description="Back up at start, then watch BACKUP_SOURCES and back up each burst of "
@@ -296,6 +319,83 @@ def cmd_forget(context: Context, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def new_password(settings: Settings) -> str:
+    """BACKUP_NEW_REPOSITORY_PASSWORD, or asked twice on a terminal."""
+    if settings.new_repository_password:
+        return settings.new_repository_password
+    name = "BACKUP_NEW_REPOSITORY_PASSWORD"
+    if not sys.stdin.isatty():
+        raise ConfigError([f"{name}: required (or {name}_FILE), or run the command on a terminal to be asked"])
+    import getpass
+
+    first = getpass.getpass("new repository password: ")
+    if not first:
+        raise ConfigError([f"{name}: the new password is empty"])
+    if getpass.getpass("the same again: ") != first:
+        raise ConfigError([f"{name}: the two passwords typed differ"])
+    return first
+
+
+def cmd_key(context: Context, args: argparse.Namespace) -> int:
+    repository = context.open_repository()
+    if not repository.codec.encrypted:
+        raise RepositoryError(f"the repository at {repository.backend.describe()} is not encrypted: it has no keys")
+    action = args.key_action
+    if action == "list":
+        keys = []
+        for key_id in repository.key_ids():
+            item: dict[str, object] = {"id": key_id, "current": key_id == repository.key_id}
+            try:
+                key = repository.read_key(key_id)
+                item |= {"created": key.created, "host": key.host,
+                         "kdf": {"name": "scrypt", "n": key.params.n, "r": key.params.r, "p": key.params.p}}
+            except (IntegrityError, NotFoundError) as error:
+                item["damaged"] = str(error)
+            keys.append(item)
+        if args.json:
+            context.out(json.dumps([{**item, "repository": context.target_json()} for item in keys], indent=1))
+            return ExitCode.OK
+        context.name_target()
+        context.out(f"  {'ID':<12} {'CREATED (UTC)':<20} HOST")
+        for item in keys:
+            mark = "*" if item["current"] else " "
+            created = str(item.get("created", ""))[:19].replace("T", " ") if "created" in item else "damaged"
+            context.out(f"{mark} {str(item['id'])[:12]} {created:<20} {printable(str(item.get('host', '')))}")
+        context.out(f"{len(keys)} keys")
+        return ExitCode.OK
+    password = new_password(context.settings) if action in ("add", "passwd") else None
+    with locked(repository, exclusive=True):  # key changes one at a time: never two removals leaving none
+        if action == "remove":
+            matches = [key_id for key_id in repository.key_ids() if key_id.startswith(args.id)]
+            if len(matches) != 1:
+                raise RepositoryError(f"no key matches {args.id!r}" if not matches
+                                      else f"{args.id!r} matches {len(matches)} keys; give more of the id")
+            repository.remove_key(matches[0])
+            context.out(f"removed key {matches[0][:12]}")
+            return ExitCode.OK
+        assert password is not None
+        added = repository.add_key(password, remember=action == "passwd")
+        if action == "add":
+            context.out(f"added key {added[:12]}: the new password opens the repository too")
+            return ExitCode.OK
+        old, repository.key_id = repository.key_id, added
+        if old is not None:
+            repository.remove_key(old)
+    context.out(f"password changed: key {added[:12]} replaces key {(old or '?')[:12]}; set "
+                "BACKUP_REPOSITORY_PASSWORD to the new password")
+    return ExitCode.OK
+
+
+def creation(settings: Settings, target: Target) -> tuple[bool, str]:
+    """Whether the first backup may create a repository on `target`, and what it would create."""
+    if settings.repository_password and settings.encryption != "none":
+        return True, "the first backup creates it, encrypted"
+    if settings.encryption != "none" and target.scheme != "file":
+        return False, ("the first backup would refuse to create it: set BACKUP_REPOSITORY_PASSWORD (or "
+                       "BACKUP_ENCRYPTION=none)")
+    return True, "the first backup creates it, not encrypted"
+
+
 def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
     settings = context.settings
     verdicts = [Verdict(True, "configuration", "all variables valid"), check_sources(settings.sources),
@@ -307,7 +407,8 @@ def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
         def opened(target: Target = target) -> Repository:
             return open_repository(settings, target)
 
-        verdicts += check_repository(opened, target.describe(), name, f"{name} repository" if several else "repository")
+        verdicts += check_repository(opened, target.describe(), name, f"{name} repository" if several else "repository",
+                                     creation(settings, target))
         if target.scheme == "ftp":
             verdicts.append(Verdict(True, f"{name} encryption" if several else "encryption",
                                     "plain FTP: transfers are not encrypted"))
@@ -347,6 +448,7 @@ COMMANDS: dict[str, tuple[Callable[[Context, argparse.Namespace], int], bool, bo
     "restore": (cmd_restore, False, True),
     "check": (cmd_check, False, True),
     "forget": (cmd_forget, False, True),
+    "key": (cmd_key, False, True),
     "doctor": (cmd_doctor, True, True),
     "run": (cmd_run, True, True),
     "health": (cmd_health, False, False),
@@ -363,6 +465,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         args.paths += extra  # `restore SNAPSHOT --to DIR PATH...`: paths after the option
     environ = os.environ if environ is None else environ
     secrets: list[str] = []
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a core dump would hold passwords and master keys
 
     def err(message: str) -> None:
         print(printable(redact(message, secrets)), file=sys.stderr)

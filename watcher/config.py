@@ -118,6 +118,10 @@ class Settings:
     mail_from: str | None = None
     mail_to: tuple[str, ...] = ()
     mail_on: str = "failure"
+    repository_password: str | None = field(default=None, repr=False)
+    new_repository_password: str | None = field(default=None, repr=False)  # for `key add` and `key passwd`
+    encryption: str = "auto"
+    compression: str = "auto"
 
     @property
     def target(self) -> Target | None:
@@ -126,7 +130,8 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every secret value in force, for the log and output redaction filters."""
-        values = [self.smtp_password, *(target.password for target in self.targets)]
+        values = [self.smtp_password, self.repository_password, self.new_repository_password,
+                  *(target.password for target in self.targets)]
         return [value for value in values if value]
 
 
@@ -457,6 +462,10 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
         mail_from=mail_from,
         mail_to=mail_to,
         mail_on=parser.choice("MAIL_ON", "failure", ("failure", "always", "never")),
+        repository_password=parser.secret("BACKUP_REPOSITORY_PASSWORD"),
+        new_repository_password=parser.secret("BACKUP_NEW_REPOSITORY_PASSWORD"),
+        encryption=parser.choice("BACKUP_ENCRYPTION", "auto", ("auto", "none")),
+        compression=parser.choice("BACKUP_COMPRESSION", "auto", ("auto", "max", "off")),
     )
     if state_dir and not Path(state_dir).expanduser().is_absolute():
         parser.fail("BACKUP_STATE_DIR", f"{state_dir} is not an absolute path")

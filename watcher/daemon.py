@@ -30,6 +30,7 @@ from watcher import retry
 from watcher.config import Settings, Target
 from watcher.errors import (
     BackendError,
+    ConfigError,
     InterruptedRunError,
     PermanentError,
     TransientError,
@@ -133,6 +134,7 @@ class Daemon:
         # takes over) rather than hold up the others; one target alone keeps the patient operation retries.
         self.connect_policy = replace(retry.DEFAULT_POLICY, connect_once=len(self.targets) > 1)
         self.health = HealthFile(settings.state_dir)
+        self.starting = False
         for state in self.targets:
             state.last_run_end = clock()
 
@@ -153,7 +155,9 @@ class Daemon:
         try:
             for state in self.targets:
                 state.pending.merge(Batch(full=True, reasons=["start-up"]))
+            self.starting = True  # a configuration error found now ends the daemon (exit 2)
             self.run_pass(self.targets)
+            self.starting = False
             while not self.stop.is_set():
                 self.stop.wait(self.seconds_to_next())
                 if self.stop.is_set():
@@ -280,6 +284,12 @@ class Daemon:
                 state.repository = open_repository(self.settings, state.target, create=True, stop=self.stop,
                                                    policy=self.connect_policy)
             result = backup_into(state.repository, self.settings, stop=self.stop, changed=changed)
+        except ConfigError as error:  # such as a new repository on a server without a password
+            state.close()
+            if self.starting:
+                state.pending.merge(batch)
+                raise
+            return self._failed(state, batch, error)
         except InterruptedRunError:
             state.close()
             state.pending.merge(batch)

@@ -22,7 +22,7 @@ from watcher.errors import WatcherError
 from watcher.locks import locked
 from watcher.logs import RunLog
 from watcher.notify import RunReport, TargetLine, send_report, utc_now
-from watcher.repository import Repository
+from watcher.repository import Protection, Repository
 from watcher.retry import RetryingBackend, RetryPolicy
 from watcher.snapshot import Snapshot
 from watcher.text import format_size, printable
@@ -34,10 +34,14 @@ def open_repository(settings: Settings, target: Target | None = None, *, create:
                     stop: threading.Event | None = None, policy: RetryPolicy | None = None) -> Repository:
     """Connect to `target` (the first one if None), read the repository config and its index."""
     backend = RetryingBackend(create_backend(settings, target), policy, stop)
-    repository = Repository(backend, settings.state_dir)
+    chosen = target or settings.target
+    protection = Protection(settings.repository_password, settings.encryption, settings.compression,
+                            server=chosen is not None and chosen.scheme != "file")
+    repository = Repository(backend, settings.state_dir, protection)
     try:
+        repository.start_unlock(create=create)  # scrypt in a thread, beside connecting
         backend.open()
-        repository.open(create=create)
+        repository.open(create=create, exclusive=lambda: locked(repository, exclusive=True))
         repository.load_index()
     except BaseException:
         repository.close()

@@ -133,7 +133,9 @@ class ChangedWhileReading(Exception):
 class ChunkReader:
     """Reads a file into content-defined chunks; one per thread (FastCDC keeps state)."""
 
-    def __init__(self, min_size: int, avg_size: int, max_size: int, normalization: int, seed: int) -> None:
+    def __init__(self, min_size: int, avg_size: int, max_size: int, normalization: int, seed: int,
+                 identify: Callable[[bytes | memoryview], str] | None = None) -> None:
+        self.identify = identify or (lambda data: hashlib.sha256(data).hexdigest())
         self.small = min_size
         self.cdc = FastCDC(
             avg_size, min_size=min_size, max_size=max_size, normalized_chunking=normalization, seed=seed
@@ -164,7 +166,7 @@ class ChunkReader:
                 chunks: list[str] = []
                 total = 0
                 for piece in self._pieces(handle, before.st_size):
-                    chunk_id = hashlib.sha256(piece).hexdigest()
+                    chunk_id = self.identify(piece)
                     store(chunk_id, piece)
                     chunks.append(chunk_id)
                     total += len(piece)

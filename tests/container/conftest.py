@@ -42,7 +42,8 @@ from tests.fixtures.processes import free_port
 
 ROOT = Path(__file__).parents[2]
 PROJECT = "watcher-test"
-SERVICES = ("watcher", "sftp", "ftp", "mail")
+SERVICES = ("watcher", "sftp", "ftp", "mail")  # the long-running ones; repository-password runs once
+PASSWORD_FILE = "/run/watcher-repository/password"  # the repositories' password, in the watcher alone
 UP_TIMEOUT = 20 * 60.0  # the first build: four images from debian:bookworm-slim, npm and PyPI
 TARGETS = {1: "sftp://watcher-sftp@sftp/srv/backups", 2: "ftps://watcher-ftp@ftp/srv/backups"}
 
@@ -142,9 +143,10 @@ class Stack:
         raw = self.container(service).logs(since=since) if since is not None else self.container(service).logs()
         return raw.decode(errors="replace")
 
-    def run(self, command: list[str], service: str = "watcher") -> Exec:
-        """Run `command` in the service's running container, as its user, with its environment."""
-        result = self.container(service).exec_run(command, demux=True)
+    def run(self, command: list[str], service: str = "watcher", environment: dict[str, str] | None = None) -> Exec:
+        """Run `command` in the service's running container, as its user, with its environment (and
+        `environment`: a way to hand a secret to a command without putting it in its arguments)."""
+        result = self.container(service).exec_run(command, demux=True, environment=environment)
         out, err = result.output
         return Exec(result.exit_code, (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace"))
 

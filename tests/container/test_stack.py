@@ -1,6 +1,7 @@
 """The compose stack does what README "Docker" promises (SPEC "Container"): it comes up healthy, the
 watcher runs as a non-root uid under tini, files dropped into ./data reach both servers within seconds
-and restore byte for byte from each, and every run's report is in MailDev with its log attached.
+and restore byte for byte from each, both repositories are encrypted with a password that no server
+container can read, and every run's report is in MailDev with its log attached.
 
 These run first (modules run in name order); the ones that stop, kill and restart containers are in
 test_stack_faults.py, on the same stack.
@@ -8,6 +9,7 @@ test_stack_faults.py, on the same stack.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -16,6 +18,7 @@ import pytest
 
 from tests.container.conftest import (
     DEBOUNCE_SECONDS,
+    PASSWORD_FILE,
     PROJECT,
     SERVICES,
     TARGETS,
@@ -118,6 +121,59 @@ def test_dropped_files_reach_both_targets_and_restore_byte_for_byte(ready_stack:
             assert restored[path] == content, f"target {target}: {path} differs"
 
 
+def test_both_repositories_are_encrypted_with_a_password_no_server_can_read(ready_stack: Stack) -> None:
+    """No BACKUP_REPOSITORY_PASSWORD in the test's .env: the one-shot `repository-password` service made a
+    random one (saying so, never printing it) into its volume, 0400 and the watcher's; the watcher reads it
+    from that file (not from its environment), `doctor` says both repositories are encrypted, and each
+    server's `config` says format 2, AES-256-GCM. The servers' containers do not mount that volume, and
+    the password is in none of their files (public volume, own keys, repositories, /etc, /tmp...)."""
+    files = {"sealed.txt": b"only ciphertext on the servers\n" * 100}
+    folder = ready_stack.drop(files, "sealed")
+    for target in TARGETS:
+        ready_stack.wait_snapshot(target, folder, files, timeout=ARRIVAL_SECONDS)
+
+    once = ready_stack.container("repository-password")
+    assert (once.attrs["State"]["Status"], once.attrs["State"]["ExitCode"]) == ("exited", 0), once.attrs["State"]
+    said = once.logs().decode(errors="replace")
+    assert "made a new random password" in said and "LOSING IT LOSES THE BACKUPS" in said, said
+
+    shown = ready_stack.run(["stat", "-c", "%a %u", PASSWORD_FILE])
+    assert (shown.code, shown.out.strip()) == (0, f"400 {WATCHER_UID}"), str(shown)
+    read = ready_stack.run(["cat", PASSWORD_FILE])
+    password = read.out
+    assert read.code == 0 and re.fullmatch(r"[A-Za-z0-9]{32}", password), f"exit {read.code}, {len(password)} chars"
+    assert password not in said
+    environment = ready_stack.container("watcher").attrs["Config"]["Env"]
+    assert f"BACKUP_REPOSITORY_PASSWORD_FILE={PASSWORD_FILE}" in environment
+    assert not [variable for variable in environment if variable.startswith("BACKUP_REPOSITORY_PASSWORD=")]
+    assert not [variable for variable in environment if password in variable]
+
+    doctor = ready_stack.watcher("doctor")
+    assert doctor.code == 0, str(doctor)
+    for target in TARGETS:
+        assert re.search(rf"^ok +target {target} repository: \d+ snapshots, \d+ packs, encrypted \(format 2\)$",
+                         doctor.out, re.M), doctor.out
+    assert password not in doctor.out + doctor.err
+
+    for server in ("sftp", "ftp"):
+        config = ready_stack.run(["cat", "/srv/backups/config"], service=server)
+        assert config.code == 0, f"{server}: {config}"
+        assert {key: json.loads(config.out).get(key) for key in ("version", "encryption")} == {
+            "version": 2, "encryption": "aes-256-gcm"}, f"{server}: {config.out}"
+
+        mounts = ready_stack.container(server).attrs["Mounts"]
+        assert not [mount for mount in mounts if "repository-password" in str(mount.get("Name"))
+                    or mount["Destination"].startswith("/run/watcher-repository")], mounts
+        absent = ready_stack.run(["test", "-e", PASSWORD_FILE], service=server)
+        assert absent.code == 1, f"{server}: {absent}"
+        # grep exits 1 when nothing matches (0: found; 2: an error). The password comes in the
+        # environment, not the command line, so that grep's own arguments cannot match.
+        search = ('for d in /run /var/lib/server /srv/backups /etc /tmp /root /home /var/log; do '
+                  '[ -d "$d" ] && set -- "$@" "$d"; done; grep -rqsF -D skip -e "$SEARCHED" "$@"; echo "grep $?"')
+        searched = ready_stack.run(["sh", "-c", search, "sh"], service=server, environment={"SEARCHED": password})
+        assert searched.code == 0 and searched.out.strip().endswith("grep 1"), f"{server}: {searched}"
+
+
 def test_the_servers_outlive_the_sessions_of_commands(ready_stack: Stack) -> None:
     """Commands run beside the daemon (`snapshots` on each target, `doctor`) open and close sessions on
     the servers; no server process dies of it (vsftpd as PID 1 crashed at the end of every session,
@@ -153,7 +209,7 @@ def _target_lines(target: int, snapshot: str) -> tuple[re.Pattern[str], re.Patte
 def test_the_report_mail_has_the_summary_and_the_run_log(ready_stack: Stack) -> None:
     """The run's mail (MAIL_ON=always) says Success Backup on the host `watcher`, has one line per
     target naming the snapshot it holds, and the run's log attached as watcher-<UTC time>.log with those
-    same lines; no password of the servers is in either."""
+    same lines; no password of the servers or of the repositories is in either."""
     files = {"report.txt": b"for the mail\n"}
     folder = ready_stack.drop(files, "mail")
     ids = {target: ready_stack.wait_snapshot(target, folder, files, timeout=ARRIVAL_SECONDS) for target in TARGETS}
@@ -182,8 +238,8 @@ def test_the_report_mail_has_the_summary_and_the_run_log(ready_stack: Stack) -> 
         assert in_log.search(log), f"target {target}'s line is not in the attached log:\n{log}"
     assert re.search(r"target \d \(.*\): snapshot \S+ saved: ", log), log  # the run that saved it
 
-    for name in ("sftp/password", "ftp/password"):
-        password = ready_stack.run(["cat", f"/run/watcher-secrets/{name}"])
+    for name in ("/run/watcher-secrets/sftp/password", "/run/watcher-secrets/ftp/password", PASSWORD_FILE):
+        password = ready_stack.run(["cat", name])
         secret = password.out.strip()
         assert password.code == 0 and len(secret) >= 16, f"{name}: exit {password.code}, {len(secret)} characters"
         assert secret not in text + log + mail["subject"], f"{name} is in the mail"

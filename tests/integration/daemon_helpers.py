@@ -75,6 +75,6 @@ def snapshot_paths(env: dict[str, str], snapshot: str = "latest") -> set[str]:
 
 
 def daemon_env(source: Path, tmp_path: Path, target: str | None = None, **extra: str) -> dict[str, str]:
-    return {**os.environ, "BACKUP_SOURCES": str(source), "BACKUP_TARGET": target or f"file://{tmp_path}/repo",
+    return {**os.environ, "BACKUP_SOURCES": str(source), "BACKUP_ENCRYPTION": "none", "BACKUP_TARGET": target or f"file://{tmp_path}/repo",
             "BACKUP_STATE_DIR": str(tmp_path / "state"), "BACKUP_DEBOUNCE_SECONDS": "0.5",
             "BACKUP_MAX_DELAY_SECONDS": "5", **extra}

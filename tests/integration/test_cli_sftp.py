@@ -24,6 +24,7 @@ pytestmark = pytest.mark.timeout(300)
 def sftp_env(server: SshServer, source: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
         "BACKUP_SOURCES": str(source),
+        "BACKUP_ENCRYPTION": "none",  # these tests are about format 1 over SFTP; test_encryption_sftp.py encrypts
         "BACKUP_TARGET": f"sftp://{server.user}@{server.host}:{server.port}{server.scratch('cli')}",
         "BACKUP_TARGET_PASSWORD": server.password,
         "BACKUP_SSH_KNOWN_HOSTS": str(server.known_hosts),

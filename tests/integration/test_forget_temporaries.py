@@ -59,7 +59,8 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
         server.need_local()
         return {**common,
                 "BACKUP_TARGET": f"sftp://{server.user}@{server.host}:{server.port}{server.scratch('temporaries')}",
-                "BACKUP_TARGET_PASSWORD": server.password, "BACKUP_SSH_KNOWN_HOSTS": str(server.known_hosts)}
+                "BACKUP_TARGET_PASSWORD": server.password, "BACKUP_ENCRYPTION": "none",
+                "BACKUP_SSH_KNOWN_HOSTS": str(server.known_hosts)}
     ftp: FtpServer = request.getfixturevalue("ftp_server")
     ftp.need_local()
     return {**common, **ftp.env(ftp.scratch("temporaries"))}

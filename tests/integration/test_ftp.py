@@ -411,7 +411,8 @@ def source(tmp_path: Path) -> Path:
 
 
 def cli_for(server: FtpServer, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    env = {"BACKUP_SOURCES": str(source), "BACKUP_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path)}
+    env = {"BACKUP_SOURCES": str(source), "BACKUP_ENCRYPTION": "none",
+           "BACKUP_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path)}
     env.update(server.env(server.scratch("cli")))
     return Cli(capsys, env)
 

@@ -92,6 +92,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     return {
         "BACKUP_TARGET": f"sftp://{server.user}@{server.host}:{server.port}{server.scratch('locks')}",
         "BACKUP_TARGET_PASSWORD": server.password,
+        "BACKUP_ENCRYPTION": "none",
         "BACKUP_SSH_KNOWN_HOSTS": str(server.known_hosts),
     }
 

@@ -21,6 +21,7 @@ def setup(tmp_path: Path, smtp_server: SmtpServer) -> tuple[dict[str, str], Path
     source = make_tree(tmp_path / "src", {"a.txt": "alpha", "sub/b.txt": "beta"})
     env = {
         "BACKUP_SOURCES": str(source),
+        "BACKUP_ENCRYPTION": "none",
         "BACKUP_TARGET": f"file://{tmp_path}/repo",
         "BACKUP_STATE_DIR": str(tmp_path / "state"),
         "BACKUP_HOST": "testhost",

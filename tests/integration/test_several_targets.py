@@ -64,7 +64,8 @@ def restored_matches(env: dict[str, str], source: Path, out: Path) -> None:
 
 def test_backup_with_one_target_down_saves_the_others_exits_1_and_mails_once(source, tmp_path, smtp_server: SmtpServer,
                                                                                capsys):
-    env = {"BACKUP_SOURCES": str(source), "BACKUP_STATE_DIR": str(tmp_path / "state"), "BACKUP_HOST": "testhost",
+    env = {"BACKUP_SOURCES": str(source), "BACKUP_ENCRYPTION": "none",
+           "BACKUP_STATE_DIR": str(tmp_path / "state"), "BACKUP_HOST": "testhost",
            "BACKUP_TARGET": f"file://{tmp_path}/one", "BACKUP_TARGET_2": DOWN,
            "BACKUP_TARGET_2_PASSWORD": DOWN_PASSWORD, "BACKUP_TARGET_3": f"file://{tmp_path}/three",
            "BACKUP_SSH_HOST_KEY": "accept-new", "BACKUP_SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
@@ -87,7 +88,7 @@ def test_backup_with_one_target_down_saves_the_others_exits_1_and_mails_once(sou
 
 
 def test_all_targets_up_is_success_and_exit_0(source, tmp_path, smtp_server: SmtpServer, capsys):
-    env = {"BACKUP_SOURCES": str(source), "BACKUP_STATE_DIR": str(tmp_path / "state"),
+    env = {"BACKUP_SOURCES": str(source), "BACKUP_ENCRYPTION": "none", "BACKUP_STATE_DIR": str(tmp_path / "state"),
            "BACKUP_TARGET": f"file://{tmp_path}/one", "BACKUP_TARGET_2": f"file://{tmp_path}/two",
            "MAIL_ON": "always", **smtp_server.environment()}
     assert main(["backup"], env) == 0
@@ -99,7 +100,7 @@ def test_all_targets_up_is_success_and_exit_0(source, tmp_path, smtp_server: Smt
 
 def test_every_file_target_inside_a_source_is_left_out(tmp_path, capsys):
     source = make_tree(tmp_path / "src", {"a.txt": "alpha"})
-    env = {"BACKUP_SOURCES": str(source), "BACKUP_STATE_DIR": str(tmp_path / "state"),
+    env = {"BACKUP_SOURCES": str(source), "BACKUP_ENCRYPTION": "none", "BACKUP_STATE_DIR": str(tmp_path / "state"),
            "BACKUP_TARGET": f"file://{source}/repo1", "BACKUP_TARGET_2": f"file://{source}/repo2"}
     assert main(["backup"], env) == 0
     capsys.readouterr()
@@ -210,7 +211,8 @@ def test_the_daemons_mail_names_a_failed_target_until_it_is_back(source, tmp_pat
 
     blocker = tmp_path / "blocked"
     blocker.write_text("a file where the second repository's folder should be")
-    env = {"BACKUP_SOURCES": str(source), "BACKUP_STATE_DIR": str(tmp_path / "state"), "BACKUP_HOST": "testhost",
+    env = {"BACKUP_SOURCES": str(source), "BACKUP_ENCRYPTION": "none",
+           "BACKUP_STATE_DIR": str(tmp_path / "state"), "BACKUP_HOST": "testhost",
            "BACKUP_TARGET": f"file://{tmp_path}/one", "BACKUP_TARGET_2": f"file://{blocker}/two",
            "BACKUP_TARGET_2_PASSWORD": DOWN_PASSWORD, **smtp_server.environment()}
     daemon = Daemon(load_settings(env, need_sources=True))

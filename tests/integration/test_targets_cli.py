@@ -47,7 +47,7 @@ def ftps_url(server: FtpServer, root: str) -> str:
 
 
 def base(source: Path, tmp_path: Path, server: SshServer) -> dict[str, str]:
-    return {"BACKUP_SOURCES": str(source), "BACKUP_STATE_DIR": str(tmp_path / "state"),
+    return {"BACKUP_SOURCES": str(source), "BACKUP_ENCRYPTION": "none", "BACKUP_STATE_DIR": str(tmp_path / "state"),
             "BACKUP_SSH_KNOWN_HOSTS": str(server.known_hosts), "BACKUP_HOST": "targets-host"}
 
 
@@ -166,7 +166,7 @@ def test_every_command_on_an_sftp_and_an_ftps_target(sshd_server, ftps_server, s
     assert code == 0, lines
     assert f"ok   target 1: {sftp_url(sshd_server, sftp_root)}" in lines
     assert f"ok   target 2: {ftps_url(ftps_server, ftps_root)}" in lines
-    assert "ok   target 1 repository: 1 snapshots, 1 packs" in lines
+    assert "ok   target 1 repository: 1 snapshots, 1 packs, not encrypted (format 1)" in lines
     code, out, err = run(capsys, ["snapshots", "--target", "3"], env)
     assert (code, out, err) == (2, "", "error: --target 3: BACKUP_TARGET_3 is not set (the targets are 1 and 2)\n")
     for secret in (sshd_server.password, ftps_server.password):

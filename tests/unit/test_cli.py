@@ -782,7 +782,7 @@ def test_target_must_be_a_number(capsys):
 def test_doctor_checks_every_target(two_targets, paths, tmp_path):
     lines = two_targets.ok("doctor").splitlines()
     assert f"ok   target 1: file://{paths['repo']}" in lines
-    assert "ok   target 1 repository: 1 snapshots, 1 packs" in lines
+    assert "ok   target 1 repository: 1 snapshots, 1 packs, not encrypted (format 1)" in lines
     assert f"ok   target 2: file://{tmp_path}/repo2" in lines
     assert any(line.startswith("ok   target 2 repository: 2 snapshots") for line in lines), lines
     names = [line.split(":")[0].split(None, 1)[1] for line in lines]

@@ -136,12 +136,29 @@ def test_data_is_mounted_read_only(services: Services) -> None:
 
 
 def test_the_watcher_starts_once_every_server_is_healthy(services: Services) -> None:
-    servers = sorted(name for name in services if name != "watcher")
+    """...and once the one-shot `repository-password` service has left its password in its volume."""
+    servers = sorted(name for name in services if name not in ("watcher", "repository-password"))
     assert servers == ["ftp", "mail", "sftp"]
     conditions = {name: wanted.get("condition") for name, wanted in services["watcher"]["depends_on"].items()}
-    assert conditions == dict.fromkeys(servers, "service_healthy")
+    assert conditions == {**dict.fromkeys(servers, "service_healthy"),
+                          "repository-password": "service_completed_successfully"}
     for server in servers:  # service_healthy waits on the image's own HEALTHCHECK
         assert re.search(r"^HEALTHCHECK ", (ROOT / "docker" / server / "Dockerfile").read_text(), re.M), server
+
+
+def test_the_repository_password_volume_is_mounted_into_no_server(services: Services) -> None:
+    """The password that encrypts the repositories is in the watcher (read-only) and in the one-shot service
+    that writes it, never in a container of the servers that store what it encrypts."""
+    mounts = {name: [(volume["target"], bool(volume.get("read_only"))) for volume in service.get("volumes") or []
+                     if volume["type"] == "volume" and volume["source"] == "repository-password"]
+              for name, service in services.items()}
+    assert {name: found for name, found in mounts.items() if found} == {
+        "watcher": [("/run/watcher-repository", True)],
+        "repository-password": [("/run/watcher-repository", False)]}
+    compose = COMPOSE_FILE.read_text()
+    assert "BACKUP_REPOSITORY_PASSWORD_FILE: /run/watcher-repository/password" in compose
+    assert re.search(r"^  repository-password:\n(?:    .*\n|  #.*\n)*    restart: \"no\"$", compose, re.M), \
+        "the one-shot service is not restarted"
 
 
 def test_the_fallback_reader_reads_the_file_as_compose_does(tmp_path: Path) -> None:

@@ -43,7 +43,6 @@ from watcher.snapshot import (
     Snapshot,
     Summary,
     dated_in_future,
-    digest,
     encode_tree,
     new_snapshot_id,
     storable_ns,
@@ -57,7 +56,6 @@ RACY_SECONDS = 1
 # The most files a snapshot names as kept in their previous version: its document must stay far
 # below what a reader accepts (repository.SNAPSHOT_LIMIT, 16 MiB).
 KEPT_LISTED = 10_000
-EMPTY_TREE = digest(encode_tree([]))
 # Folders on the current path kept open (besides the source's): a deeper tree reopens the
 # others through "..", so any depth fits in a few descriptors.
 OPEN_FOLDERS = 32
@@ -164,14 +162,16 @@ class _Run:
     def __init__(self, repository: Repository, writer: BlobWriter, options: BackupOptions, progress: Progress,
                  stop: threading.Event | None, changed: ChangedPaths | None, parent: Snapshot | None) -> None:
         assert repository.config is not None
-        params = repository.config.chunker
+        params = repository.chunker
         self.repository = repository
         self.cache = repository.cache
         self.writer = writer
         self.progress = progress
         self.stop = stop
         self.changed = changed
-        self.reader = ChunkReader(params.min_size, params.avg_size, params.max_size, params.normalization, params.seed)
+        self.reader = ChunkReader(params.min_size, params.avg_size, params.max_size, params.normalization, params.seed,
+                                  repository.codec.blob_id)
+        self.empty_tree = repository.codec.blob_id(encode_tree([]))
         self.excluder = Excluder(options.exclude, options.never_back_up)
         self.counts = _Counts()
         self.warnings: list[str] = []
@@ -247,7 +247,7 @@ class _Run:
 
     def store_tree(self, nodes: list[Node]) -> str:
         data = encode_tree(nodes)
-        tree_id = digest(data)
+        tree_id = self.repository.codec.blob_id(data)
         if self.writer.add(tree_id, "tree", data):
             self.cache.put_blob(tree_id, "tree", data)
         return tree_id
@@ -490,8 +490,8 @@ def _source(run: _Run, path: str, name: str, previous: Node | None) -> Node | No
     node = run.scan_source(fd, path, name, previous)
     if node is None:
         run.lost_sources.append(path)
-    elif node.subtree == EMPTY_TREE and (path in run.parent_lost or (
-            previous is not None and previous.kind == "dir" and previous.subtree != EMPTY_TREE)):
+    elif node.subtree == run.empty_tree and (path in run.parent_lost or (
+            previous is not None and previous.kind == "dir" and previous.subtree != run.empty_tree)):
         run.warn(f"source {path} is empty where an earlier snapshot has content (a disk not mounted?)")
         run.lost_sources.append(path)
     return node

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from watcher.errors import IntegrityError, NotFoundError
-from watcher.pack import decode_blob, parse_header
-from watcher.repository import Repository, count_entries, expansion_problem
-from watcher.snapshot import read_tree
+from watcher.pack import parse_header
+from watcher.repository import INDEX_LIMIT, Repository, count_entries, expansion_problem
+from watcher.snapshot import digest, read_tree
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,9 @@ def _read_data(repository: Repository, packs: set[str], result: CheckResult, adv
     for pack_id in sorted(packs):
         try:
             data = repository.read_pack(pack_id)
-            entries = parse_header(pack_id, data)
+            entries = parse_header(pack_id, data, repository.codec)
             for entry in entries:
-                decode_blob(data[entry.offset : entry.offset + entry.length], entry)
+                repository.codec.decode(data[entry.offset : entry.offset + entry.length], entry)
                 result.blobs += 1
         except IntegrityError as error:
             result.problems.append(str(error))
@@ -136,8 +136,30 @@ def run_check(repository: Repository, read_data: bool = False, advance: Callable
     except IntegrityError as error:
         result.problems.append(str(error))
         return result
+    if repository.codec.encrypted:
+        _check_keys(repository, result)
     packs = _check_packs(repository, result)
     _check_trees(repository, result)
     if read_data:
+        _check_index_files(repository, result)
         _read_data(repository, packs, result, advance)
     return result
+
+
+def _check_keys(repository: Repository, result: CheckResult) -> None:
+    """Every key file matches its hash and reads (no password is tried: that needs each one's)."""
+    for key_id in repository.key_ids():
+        try:
+            repository.read_key(key_id)
+        except (IntegrityError, NotFoundError) as error:
+            result.problems.append(str(error))
+
+
+def _check_index_files(repository: Repository, result: CheckResult) -> None:
+    """The index files as the target holds them, not the local cache's copies."""
+    for index_id in sorted(repository.indexes):
+        try:
+            if digest(repository.backend.get_bytes(f"index/{index_id}", INDEX_LIMIT)) != index_id:
+                result.problems.append(f"index {index_id[:12]} does not match its hash")
+        except NotFoundError:
+            result.problems.append(f"index {index_id[:12]} is missing")

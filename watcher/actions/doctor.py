@@ -38,18 +38,20 @@ def check_state_dir(state_dir: Path) -> Verdict:
 
 
 def check_repository(open_repository: Callable[[], Repository], where: str, name: str = "target",
-                     repository_name: str = "repository") -> list[Verdict]:
-    """Reach a target and read its repository (a missing repository is fine: backup creates it);
-    `name` and `repository_name` tell the checks of several targets apart."""
+                     repository_name: str = "repository", creation: tuple[bool, str] = (True, "")) -> list[Verdict]:
+    """Reach a target and read its repository (a missing repository is fine if backup may create it:
+    `creation` says whether, and how); `name` and `repository_name` tell the checks of several targets apart."""
     try:
         repository = open_repository()
     except WatcherError as error:
         if "no repository at" in str(error):
-            return [Verdict(True, name, f"{where} reachable; no repository yet (the first backup creates it)")]
+            allowed, how = creation
+            return [Verdict(allowed, name, f"{where} reachable; no repository yet ({how})")]
         return [Verdict(False, name, str(error))]
     try:
         count = len(repository.snapshot_ids())
-        detail = f"{count} snapshots, {len(repository.packs)} packs"
+        encrypted = "encrypted" if repository.codec.encrypted else "not encrypted"
+        detail = f"{count} snapshots, {len(repository.packs)} packs, {encrypted} (format {repository.codec.version})"
         return [Verdict(True, name, where), Verdict(True, repository_name, detail)]
     except WatcherError as error:
         return [Verdict(True, name, where), Verdict(False, repository_name, str(error))]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from watcher.config import Retention
 from watcher.errors import NotFoundError, WatcherError
 from watcher.locks import locked
-from watcher.pack import BlobEntry, decode_blob
+from watcher.pack import BlobEntry
 from watcher.repository import Repository, pack_key
 from watcher.retention import Decision, decide
 
@@ -101,7 +101,7 @@ def _repack(repository: Repository, packs: set[str], used: set[str], staying: se
             for entry in repository.pack_blobs[pack]:
                 if entry.id in used and entry.id not in elsewhere:
                     stored = data[entry.offset : entry.offset + entry.length]
-                    decode_blob(stored, entry)  # never copy a damaged blob silently
+                    repository.codec.decode(stored, entry)  # never copy a damaged blob silently
                     writer.add_stored(entry.id, entry.type, entry.encoding, stored)
         writer.finish()
     except BaseException:
