@@ -132,6 +132,19 @@ def test_bad_credentials_are_one_clear_line_and_not_retried(s3_server, source, t
     assert time.monotonic() - began < 20
     logs = "".join(path.read_text() for path in (tmp_path / "state" / "logs").glob("*"))
     assert "refused the credentials" in logs and secret not in logs
+    code, out, err = run(capsys, ["doctor"], env)
+    assert code == 1 and "FAIL target: " in out and "refused the credentials" in out and secret not in out + err
+
+
+def test_credentials_from_the_aws_variables(s3_server, source, tmp_path, capsys):
+    env = s3_env(s3_server, source, tmp_path, "aws-variables", AWS_ACCESS_KEY_ID=s3_server.key_id,
+                 AWS_SECRET_ACCESS_KEY=s3_server.secret)
+    del env["BACKUP_TARGET_PASSWORD"]
+    env["BACKUP_TARGET"] = env["BACKUP_TARGET"].replace(f"{s3_server.key_id}@", "")
+    code, out, err = run(capsys, ["backup"], env)
+    assert code == 0, err
+    code, out, _ = run(capsys, ["snapshots"], env)
+    assert code == 0 and "1 snapshots" in out and s3_server.secret not in out
 
 
 def test_a_key_that_may_not_write_or_create_the_bucket(s3_server, source, tmp_path, capsys):
