@@ -14,6 +14,10 @@ and for each, over plain FTP and explicit FTPS, three operations:
   restore            watcher: `watcher restore latest --to EMPTY`; rclone: `rclone copy :ftp:PATH
                      EMPTY`; lftp: `mirror PATH EMPTY`; then `diff -r` against the source
 
+watcher runs encrypted with `auto` compression (format 2) and, as a column of its own, with
+BACKUP_ENCRYPTION=none (format 1): the cost of encryption alone (issue 10). Many tiny files against
+duplicity: bench/ftp_tiny.py.
+
 How: one plain and one explicit-TLS vsftpd on 127.0.0.1, started by this script with the tests'
 config (tests/servers/vsftpd/vsftpd.conf, require_ssl_reuse=YES, the tests' account and a
 throwaway CA from trustme, as tests/fixtures/ftp.py does), protocol logging off. Each round
@@ -65,7 +69,9 @@ SETS = ("many small files", "large files")
 FOLDER = {"many small files": "small", "large files": "large"}
 STEPS = ("first backup", "1% changed re-run", "restore")
 SCHEMES = ("ftp", "ftps")
-TOOLS = ("watcher", "rclone", "lftp")
+TOOLS = ("watcher", "watcher, no encryption", "rclone", "lftp")
+PEERS = ("rclone", "lftp")
+REPOSITORY_PASSWORD = "bench-only"
 # Peers' parallelism: rclone's own defaults (4 transfers, 8 checkers) with its connection pool
 # capped at transfers + checkers + 1, as its manual asks; lftp mirror with 4 parallel transfers.
 # Every connection count stays under the max_per_ip=20 of tests/servers/vsftpd/vsftpd.conf.
@@ -76,7 +82,7 @@ PASSIVE_PORTS = 200  # the tests use 20; a peer with 13 connections opening 5,00
 # vsftpd's protocol and TLS debug logs (on in the tests' config, for the tests to read) cost the
 # server a write per command; a production server has them off. Transfers stay logged (xferlog).
 SERVER_OPTIONS = ["log_ftp_protocol=NO", "debug_ssl=NO", "max_per_ip=20", "max_clients=50"]
-WORK_PER_ROUND = 14  # data set sizes written per round: its copy, 3 tools x 2 servers' copies and restores
+WORK_PER_ROUND = 18  # data set sizes written per round: its copy, 4 tools x 2 servers' copies and restores
 
 
 def ensure_installed() -> None:
@@ -189,13 +195,16 @@ class Tool:
 
 
 class Watcher(Tool):
+    """Encrypted, `auto` compression (format 2), as a new repository on a server is."""
+
     name = "watcher"
+    security = {"BACKUP_REPOSITORY_PASSWORD": REPOSITORY_PASSWORD, "BACKUP_COMPRESSION": "auto"}
 
     def __init__(self, source: Path, server: Server, remote: Path, work: Path) -> None:
         super().__init__(source, server, remote, work)
         variables = {"BACKUP_SOURCES": str(source), "BACKUP_TARGET": server.url(remote),
                      "BACKUP_TARGET_PASSWORD": server.password, "BACKUP_STATE_DIR": str(work / "state"),
-                     "BACKUP_ENCRYPTION": "none"}  # format 1, as measured so far (issue 10 measures encryption)
+                     **self.security}
         if server.ca_file:
             variables["BACKUP_TLS_CA_FILE"] = str(server.ca_file)
         # The copy of watcher/ taken at the start (see code_snapshot) comes first on the path.
@@ -208,6 +217,13 @@ class Watcher(Tool):
 
     def restored(self, restore_to: Path) -> Path:
         return restore_to / self.source.relative_to("/")  # restore recreates absolute paths under DIR
+
+
+class PlainWatcher(Watcher):
+    """BACKUP_ENCRYPTION=none (format 1): what encryption and compression cost, in the same rounds."""
+
+    name = "watcher, no encryption"
+    security = {"BACKUP_ENCRYPTION": "none"}
 
 
 class Rclone(Tool):
@@ -356,15 +372,16 @@ def run_round(number: int, pristine: Path, work_root: Path, servers: dict[str, S
         for scheme in SCHEMES:
             place = f"{FOLDER[data_set]}-{scheme}"
             made: list[Tool] = []
-            for cls in (Watcher, Rclone, Lftp):
-                folder = work / f"{place}-{cls.name}"
+            for cls in (Watcher, PlainWatcher, Rclone, Lftp):
+                slug = cls.name.replace(", ", "-").replace(" ", "-")
+                folder = work / f"{place}-{slug}"
                 folder.mkdir()
-                remote = remote_round / f"{place}-{cls.name}"
+                remote = remote_round / f"{place}-{slug}"
                 source = data / FOLDER[data_set]
                 made.append(cls(source, servers[scheme], remote, folder, obscured) if cls is Rclone
                             else cls(source, servers[scheme], remote, folder))
             if profiles is not None:
-                made = made[:1]  # watcher alone
+                made = made[:1]  # encrypted watcher alone
             shift = number % len(made)
             tools[(data_set, scheme)] = made[shift:] + made[:shift]
     for step in STEPS:
@@ -387,7 +404,7 @@ def run_round(number: int, pristine: Path, work_root: Path, servers: dict[str, S
                     samples[data_set][step][scheme].setdefault(tool.name, []).append(sample)
                     if step == "restore":
                         ok = identical(tool.source, tool.restored(restore_to), log)
-                    elif tool.name != "watcher":  # a mirror on the server's disk must equal the source
+                    elif not isinstance(tool, Watcher):  # a mirror on the server's disk must equal the source
                         ok = identical(tool.source, tool.remote, log)
                     else:
                         ok = True  # watcher's repository is checked by its restore
@@ -412,12 +429,12 @@ def median_peak(samples: list) -> float:
 
 
 def faster_peer(by_tool: dict[str, list]) -> tuple[str, float]:
-    return min(((name, median_seconds(by_tool[name])) for name in TOOLS[1:]), key=lambda pair: pair[1])
+    return min(((name, median_seconds(by_tool[name])) for name in PEERS), key=lambda pair: pair[1])
 
 
 def table(samples: Samples, checks: dict[str, bool], sizes: dict[str, int]) -> str:
-    head = ("| data set | operation | target | watcher | rclone | lftp | watcher / faster peer (time) |\n"
-            "|---|---|---|---:|---:|---:|---:|")
+    head = ("| data set | operation | target | " + " | ".join(TOOLS) + " | watcher / faster peer (time) | "
+            "encryption on / off (time) |\n|---|---|---|" + "---:|" * (len(TOOLS) + 2))
     lines = [head]
     for data_set in SETS:
         for step in STEPS:
@@ -433,10 +450,11 @@ def table(samples: Samples, checks: dict[str, bool], sizes: dict[str, int]) -> s
                     cells.append(f"{seconds:.2f} s{rate}{flag}")
                 peer, best = faster_peer(by_tool)
                 ratio = median_seconds(by_tool["watcher"]) / best
+                cost = median_seconds(by_tool["watcher"]) / median_seconds(by_tool[PlainWatcher.name])
                 lines.append(f"| {data_set} | {step} | {scheme}:// | " + " | ".join(cells)
-                             + f" | {ratio:.2f} ({peer}) |")
+                             + f" | {ratio:.2f} ({peer}) | {cost:.2f} |")
     lines += ["", "Peak memory (median over the rounds of each command's peak RSS):", "",
-              "| data set | operation | target | watcher | rclone | lftp |", "|---|---|---|---:|---:|---:|"]
+              "| data set | operation | target | " + " | ".join(TOOLS) + " |", "|---|---|---|" + "---:|" * len(TOOLS)]
     for data_set in SETS:
         for step in STEPS:
             for scheme in SCHEMES:
@@ -533,7 +551,7 @@ Method:
   TLS (`ftps://`: `AUTH TLS`, `PROT P`, `require_ssl_reuse=YES`, a certificate from a throwaway CA that
   every client verifies), both from `tests/servers/vsftpd/vsftpd.conf` with the tests' account,
   with `{" ".join(SERVER_OPTIONS)}` and a {PASSIVE_PORTS}-port passive range.
-  The same servers and the same tree serve all three tools; the server's folder is on the same disk.
+  The same servers and the same tree serve every tool; the server's folder is on the same disk.
 - **What is compared.** watcher stores a deduplicated, versioned repository: small files are packed
   together into packs of about 16 MiB, so it uploads a few large objects (each under a temporary
   name, then renamed), plus an index and a snapshot; the re-run reads only the changed files and adds
@@ -550,7 +568,11 @@ Method:
 - **watcher**: `watcher backup` with `BACKUP_TARGET={{ftp,ftps}}://watcher-ftp@127.0.0.1:PORT/PATH`,
   `BACKUP_TARGET_PASSWORD`, `BACKUP_TLS_CA_FILE` and a new `BACKUP_STATE_DIR` for the first backup (kept
   for the re-run, as a daemon keeps it); `watcher restore latest --to EMPTY` (which verifies every byte
-  it reads). It runs from a compiled copy of `watcher/` taken when the run starts (the commit named
+  it reads). Encrypted (issue 10): `BACKUP_REPOSITORY_PASSWORD` and `BACKUP_COMPRESSION=auto`, format 2,
+  the repository made by the first backup (its scrypt calibration and key wrap, ~0.75 s, are in that
+  row); **watcher, no encryption** is the same with `BACKUP_ENCRYPTION=none` (format 1), its own
+  repository: the "encryption on / off" column is what encryption and compression cost. It runs from
+  a compiled copy of `watcher/` taken when the run starts (the commit named
   above), so that edits made meanwhile cannot mix into the figures.
 - **rclone**: `rclone copy` to and from an `:ftp:` remote given by flags (`--ftp-host`, `--ftp-port`,
   `--ftp-user`, `--ftp-pass` obscured by `rclone obscure`; for FTPS `--ftp-explicit-tls`, with the CA in
@@ -578,7 +600,7 @@ Method:
   Figures are medians over the rounds: wall time of the command; throughput = data set size / time;
   peak memory = the larger of the summed RSS of the command's process tree (psutil, every 50 ms) and its
   largest process's max RSS (`/usr/bin/time`). vsftpd is not counted.
-- The ratio column is watcher's median time over the faster peer's: below 1, watcher is faster. "Within
+- The ratio column is (encrypted) watcher's median time over the faster peer's: below 1, watcher is faster. "Within
   80% of the faster peer" on large files is read as watcher's speed at least 80% of the faster peer's
   (its time at most 1.25 times).
 

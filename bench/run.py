@@ -9,6 +9,12 @@ What is measured, for each target, on the data set of bench/dataset.py:
                      appended to one large file)
   restore            the latest snapshot into an empty folder
 
+watcher runs encrypted with `auto` compression (format 2, as a new repository is by default) and,
+in a column of its own, with BACKUP_ENCRYPTION=none (format 1): the cost of encryption alone. restic
+runs with its v2 format and `--compression auto`; its `init` is timed apart and added to its first
+backup in an "init included" row (watcher's first backup makes its repository). Also reported: the
+bytes each repository stores after the first backup, and the scrypt unwrap each command pays.
+
 OpenSSH's `sftp -b` puts the same tree (`put -r`) and gets it back (`get -r`) over the same
 sshd: what the protocol gives on this machine, the ceiling for first backup and restore; it
 also copies the large files alone, its bulk rate without a round trip per small file.
@@ -58,13 +64,19 @@ DOCS = ROOT / "docs" / "BENCHMARKS.md"
 CIPHER = "aes128-gcm@openssh.com"  # watcher's first choice; given to ssh and sftp too, so all encrypt alike
 RESTIC_PASSWORD = "bench-only"
 SAMPLE_SECONDS = 0.05
-DISK_PER_ROUND = 14  # data set sizes written per round: copies of the data, repositories, restores
+DISK_PER_ROUND = 18  # data set sizes written per round: copies of the data, repositories, restores
 # In the order they run; the "large files only" steps are OpenSSH's alone: the protocol's bulk
 # ceiling, without the per-file round trips that `put -r` and `get -r` pay for each small file.
 STEPS = ("first backup", "first backup, large files only", "no-change re-run", "1% changed re-run", "restore",
          "restore, large files only")
 BULK = ("first backup, large files only", "restore, large files only")
-TOOLS = ("watcher", "restic", "OpenSSH sftp")
+# Not a command of its own: restic's untimed `init` plus its first backup, beside watcher's first backup
+# (which makes the repository, key derivation included), so that both rows hold the same work.
+INIT_ROW = "first backup, init included"
+ROWS = (STEPS[0], INIT_ROW, *STEPS[1:])
+PLAIN_WATCHER = "watcher, no encryption"
+TOOLS = ("watcher", PLAIN_WATCHER, "restic", "OpenSSH sftp")
+REPOSITORY_PASSWORD = "bench-only"  # watcher's, as restic's: both derive keys from it with scrypt
 MiB = 1024 * 1024
 LATER_SECTIONS = "## FTP and FTPS"  # from there on, docs/BENCHMARKS.md belongs to the FTP and daemon benchmarks
 
@@ -186,27 +198,39 @@ class Tool:
     """One tool's repository for one round on one target. `command` is None for a step it skips."""
 
     name = ""
+    repository: Path | None = None  # its folder as this machine sees it (stored bytes), None: no repository
 
-    def prepare(self, log: TextIO) -> None:
-        pass
+    def prepare(self, log: TextIO) -> Sample | None:
+        """Make the repository (not timed as a step); its measure if that is a command of its own."""
+        return None
 
     def command(self, step: str, restore_to: Path) -> list[str] | None:
         raise NotImplementedError
 
 
 class Watcher(Tool):
+    """Format 2 (encrypted, `auto` compression) by default; `encrypted=False` is format 1
+    (BACKUP_ENCRYPTION=none: neither), the column that prices encryption alone."""
+
     name = "watcher"
 
-    def __init__(self, data: Path, work: Path, server: Server | None) -> None:
+    def __init__(self, data: Path, work: Path, server: Server | None, encrypted: bool = True) -> None:
+        folder = "watcher-repo" if encrypted else "watcher-plain-repo"
         if server is None:
-            target = f"file://{work / 'watcher-repo'}"
+            self.repository = work / folder
+            target = f"file://{self.repository}"
             ssh: dict[str, str] = {}
         else:
-            target = f"sftp://{server.user}@127.0.0.1:{server.port}{server.scratch / work.name / 'watcher-repo'}"
+            self.repository = server.scratch / work.name / folder
+            target = f"sftp://{server.user}@127.0.0.1:{server.port}{self.repository}"
             ssh = {"BACKUP_SSH_KEY": str(server.key), "BACKUP_SSH_KNOWN_HOSTS": str(server.known_hosts)}
-        self.env = clean_env(BACKUP_SOURCES=str(data), BACKUP_TARGET=target,
-                             BACKUP_STATE_DIR=str(work / "watcher-state"),
-                             BACKUP_ENCRYPTION="none", **ssh)  # format 1, as measured so far (issue 10: encrypted)
+        security = ({"BACKUP_REPOSITORY_PASSWORD": REPOSITORY_PASSWORD, "BACKUP_COMPRESSION": "auto"} if encrypted
+                    else {"BACKUP_ENCRYPTION": "none"})
+        if not encrypted:
+            self.name = PLAIN_WATCHER
+        state = "watcher-state" if encrypted else "watcher-plain-state"
+        self.env = clean_env(BACKUP_SOURCES=str(data), BACKUP_TARGET=target, BACKUP_STATE_DIR=str(work / state),
+                             **security, **ssh)
 
     def command(self, step: str, restore_to: Path) -> list[str] | None:
         if step in BULK:
@@ -223,24 +247,26 @@ class Restic(Tool):
         self.data = data
         self.options: list[str] = []
         if server is None:
-            repository = str(work / "restic-repo")
+            self.repository = work / "restic-repo"
+            repository = str(self.repository)
         else:
-            repository = f"sftp:{server.user}@127.0.0.1:{server.scratch / work.name / 'restic-repo'}"
+            self.repository = server.scratch / work.name / "restic-repo"
+            repository = f"sftp:{server.user}@127.0.0.1:{self.repository}"
             ssh = ["ssh", "-p", str(server.port), *server.ssh_options(), f"{server.user}@127.0.0.1", "-s", "sftp"]
             self.options = ["-o", f"sftp.command={shlex.join(ssh)}"]
         self.env = clean_env(RESTIC_REPOSITORY=repository, RESTIC_PASSWORD=RESTIC_PASSWORD,
                              RESTIC_CACHE_DIR=str(work / "restic-cache"))
 
-    def prepare(self, log: TextIO) -> None:
-        subprocess.run(["restic", *self.options, "init"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                       check=True)
+    def prepare(self, log: TextIO) -> Sample | None:
+        return measure(["restic", *self.options, "init", "--repository-version", "2"], self.env, self.data.parent,
+                       log)
 
     def command(self, step: str, restore_to: Path) -> list[str] | None:
         if step in BULK:
             return None
         if step == "restore":
             return ["restic", *self.options, "restore", "latest", "--target", str(restore_to)]
-        return ["restic", *self.options, "backup", str(self.data)]
+        return ["restic", *self.options, "backup", "--compression", "auto", str(self.data)]
 
 
 class OpenSsh(Tool):
@@ -277,14 +303,20 @@ class OpenSsh(Tool):
 # -- one run -----------------------------------------------------------------------------------
 
 Samples = dict[str, dict[str, dict[str, list[Sample]]]]  # target -> step -> tool -> samples
+Stored = dict[str, dict[str, list[int]]]  # target -> tool -> bytes of its repository after the first backup
 
 
 def count_files(folder: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
 
 
+def folder_bytes(folder: Path) -> int:
+    """What a repository stores: the sizes of its files (not blocks: the target's file system is not ours)."""
+    return sum((Path(top) / name).stat().st_size for top, _, files in os.walk(folder) for name in files)
+
+
 def run_round(number: int, target: str, pristine: Path, work_root: Path, server: Server | None,
-              samples: Samples, log: TextIO) -> None:
+              samples: Samples, stored: Stored, log: TextIO) -> None:
     """Every tool through the steps on a fresh copy of the data set.
 
     Nothing is deleted until the whole run ends: on ext4 without a journal (this machine's disk),
@@ -296,14 +328,14 @@ def run_round(number: int, target: str, pristine: Path, work_root: Path, server:
     data = work / "data"
     subprocess.run(["cp", "-a", str(pristine), str(data)], check=True)
     expected_files = {"restore": count_files(data), "restore, large files only": count_files(data / "large")}
-    tools: list[Tool] = [Watcher(data, work, server), Restic(data, work, server)]
+    tools: list[Tool] = [Watcher(data, work, server), Watcher(data, work, server, encrypted=False),
+                         Restic(data, work, server)]
     if server is not None:
         tools.append(OpenSsh(data, work, server))
         (server.scratch / work.name).mkdir()
         os.chown(server.scratch / work.name, *_owner(server.scratch))
     tools = tools[number % len(tools):] + tools[: number % len(tools)]
-    for tool in tools:
-        tool.prepare(log)
+    made = {tool.name: tool.prepare(log) for tool in tools}
     for step in STEPS:
         if step == "1% changed re-run":
             from bench.dataset import change_one_percent
@@ -320,6 +352,13 @@ def run_round(number: int, target: str, pristine: Path, work_root: Path, server:
             samples[target][step].setdefault(tool.name, []).append(sample)
             print(f"  round {number + 1} {target:4} {step:30} {tool.name:12} {sample.seconds:6.2f} s "
                   f"{sample.cpu_seconds:6.2f} s CPU {sample.peak_bytes / MiB:5.0f} MiB", flush=True)
+            if step == "first backup" and tool.repository is not None:
+                stored[target].setdefault(tool.name, []).append(folder_bytes(tool.repository))
+                init = made[tool.name]
+                if init is not None:
+                    sample = Sample(init.seconds + sample.seconds, init.cpu_seconds + sample.cpu_seconds,
+                                    max(init.peak_bytes, sample.peak_bytes))
+                samples[target][INIT_ROW].setdefault(tool.name, []).append(sample)
             if step in expected_files and count_files(restore_to) != expected_files[step]:
                 raise RuntimeError(f"{tool.name} restored {count_files(restore_to)} files, not {expected_files[step]}")
 
@@ -389,9 +428,10 @@ def median_cpu(samples: list[Sample]) -> float:
 
 def tables(samples: Samples, sizes: dict[str, int]) -> str:
     """Markdown tables of medians: wall time (throughput where `sizes` gives the bytes moved), CPU, memory."""
-    rows = [(step, target, samples[target][step]) for step in STEPS for target in samples if samples[target][step]]
+    rows = [(step, target, samples[target][step]) for step in ROWS for target in samples if samples[target][step]]
     head = "| operation | target | " + " | ".join(TOOLS)
-    lines = [head + " | watcher / restic (time) |", "|---|---|" + "---:|" * (len(TOOLS) + 1)]
+    lines = [head + " | watcher / restic (time) | encryption on / off (time) |",
+             "|---|---|" + "---:|" * (len(TOOLS) + 2)]
     for step, target, by_tool in rows:
         cells = []
         for tool in TOOLS:
@@ -401,10 +441,13 @@ def tables(samples: Samples, sizes: dict[str, int]) -> str:
             seconds = median_seconds(by_tool[tool])
             rate = f" ({sizes[step] / MiB / seconds:.0f} MiB/s)" if step in sizes else ""
             cells.append(f"{seconds:.2f} s{rate}")
-        ratio = "—"
-        if "watcher" in by_tool and "restic" in by_tool:
-            ratio = f"{median_seconds(by_tool['watcher']) / median_seconds(by_tool['restic']):.2f}"
-        lines.append(f"| {step} | {target} | " + " | ".join(cells) + f" | {ratio} |")
+        ratios = []
+        for other in ("restic", PLAIN_WATCHER):
+            ratio = "—"
+            if "watcher" in by_tool and other in by_tool:
+                ratio = f"{median_seconds(by_tool['watcher']) / median_seconds(by_tool[other]):.2f}"
+            ratios.append(ratio)
+        lines.append(f"| {step} | {target} | " + " | ".join(cells) + f" | {' | '.join(ratios)} |")
     lines += ["", "CPU time, user + system, of the client (median; the sshd serving it is not counted):", "",
               head + " |", "|---|---|" + "---:|" * len(TOOLS)]
     for step, target, by_tool in rows:
@@ -418,39 +461,80 @@ def tables(samples: Samples, sizes: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def targets(samples: Samples, sizes: dict[str, int], small_files: int) -> list[str]:
-    """The issue's targets, each met or not, with the figures behind the verdict."""
+def stored_table(stored: Stored, data_bytes: int) -> str:
+    """Bytes on the target after the first backup (median over the rounds), against the data set's."""
+    tools = ("watcher", PLAIN_WATCHER, "restic")
+    lines = ["| target | data set | " + " | ".join(tools) + " | watcher / restic |", "|---|" + "---:|" * 5]
+    for target, by_tool in stored.items():
+        medians = {tool: statistics.median(by_tool[tool]) for tool in tools if tool in by_tool}
+        cells = [f"{medians[tool] / MiB:.2f} MiB" if tool in medians else "—" for tool in tools]
+        ratio = f"{medians['watcher'] / medians['restic']:.3f}" if {"watcher", "restic"} <= medians.keys() else "—"
+        lines.append(f"| {target} | {data_bytes / MiB:.2f} MiB | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
+def kdf_cost(stored_in: Path, restic_keys: Path | None, rounds: int = 5) -> list[str]:
+    """The scrypt unwrap a command pays on opening a repository, timed here on a key file the run wrote
+    (median of `rounds`), and restic's key parameters costed with the same scrypt, for scale."""
+    from watcher import crypto
+
+    key_path = next((stored_in / "keys").iterdir())
+    data = key_path.read_bytes()
+    key = crypto.decode_key_file(key_path.name, data)
+    repository_id = json.loads((stored_in / "config").read_text())["id"]
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        opened = key.unwrap(REPOSITORY_PASSWORD, repository_id)
+        times.append(time.perf_counter() - started)
+        if opened is None:
+            raise RuntimeError("the benchmark's password does not open its own key")
+    lines = [f"- watcher: scrypt n={key.params.n} r={key.params.r} p={key.params.p} "
+             f"({128 * key.params.n * key.params.r / MiB:.0f} MiB), unwrap {statistics.median(times):.3f} s "
+             f"(median of {rounds}; each watcher command that opens the repository pays it once)"]
+    if restic_keys is not None:
+        import hashlib
+
+        document = json.loads(next(restic_keys.iterdir()).read_text())
+        n, r, p = document["N"], document["r"], document["p"]
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            hashlib.scrypt(b"x", salt=bytes(32), n=n, r=r, p=p, dklen=64, maxmem=512 * MiB)
+            times.append(time.perf_counter() - started)
+        lines.append(f"- restic: its key file's scrypt n={n} r={r} p={p} ({128 * n * r / MiB:.0f} MiB), "
+                     f"{statistics.median(times):.3f} s with the same scrypt (Python's, OpenSSL's), median of {rounds}")
+    return lines
+
+
+def targets(samples: Samples, stored: Stored, small_files: int) -> list[str]:
+    """Issue 10's targets (item 5), each met or not, with the figures behind the verdict."""
     def t(target: str, step: str, tool: str) -> float:
         return median_seconds(samples[target][step][tool])
+
+    def m(target: str, step: str, tool: str) -> float:
+        return median_peak(samples[target][step][tool]) / MiB
 
     def verdict(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
 
     lines = []
-    if "sftp" in samples:
-        watcher, restic, ceiling = (t("sftp", "first backup", tool) for tool in TOOLS)
-        lines.append(f"- First backup over SFTP at least as fast as restic: {verdict(watcher <= restic)} "
-                     f"({watcher:.2f} s against {restic:.2f} s).")
-        ours, theirs = sizes["first backup"] / MiB / watcher, sizes["first backup"] / MiB / ceiling
-        bulk = sizes["first backup, large files only"] / MiB / t("sftp", "first backup, large files only", TOOLS[2])
-        lines.append(f"- First backup over SFTP at least half of OpenSSH sftp's throughput: "
-                     f"{verdict(ours >= theirs / 2)} ({ours:.0f} MiB/s against {theirs:.0f} MiB/s, "
-                     f"{ours / theirs:.0%}; against sftp's bulk rate on the large files alone, {bulk:.0f} MiB/s, "
-                     f"{ours / bulk:.0%}).")
     scale = "" if small_files == 5000 else f"; measured on {small_files:,} small files, not 5,000"
     for target in samples:
-        watcher, restic = t(target, "no-change re-run", "watcher"), t(target, "no-change re-run", "restic")
-        lines.append(f"- No-change re-run ({target}) under one second and faster than restic's: "
-                     f"{verdict(watcher < 1 and watcher < restic)} ({watcher:.2f} s against {restic:.2f} s{scale}).")
-    for target in samples:
-        watcher, restic = t(target, "restore", "watcher"), t(target, "restore", "restic")
-        lines.append(f"- Restore ({target}) at least as fast as restic's: {verdict(watcher <= restic)} "
-                     f"({watcher:.2f} s against {restic:.2f} s).")
+        for step, bound in (("first backup", 1.0), (INIT_ROW, 1.0), ("no-change re-run", 0.5), ("restore", 1.0)):
+            watcher, restic = t(target, step, "watcher"), t(target, step, "restic")
+            lines.append(f"- {step.capitalize()} ({target}), encrypted, at most {bound:.1f}x restic's time: "
+                         f"{verdict(watcher <= bound * restic)} ({watcher:.2f} s against {restic:.2f} s, "
+                         f"{watcher / restic:.2f}x{scale}).")
+        for step in ("first backup", "restore"):
+            watcher, restic = m(target, step, "watcher"), m(target, step, "restic")
+            lines.append(f"- Peak memory of the {step} ({target}) no higher than restic's: "
+                         f"{verdict(watcher <= restic)} ({watcher:.0f} MiB against {restic:.0f} MiB).")
     return lines
 
 
 def document(facts: dict[str, str], args: argparse.Namespace, data_bytes: int, table: str, verdicts: list[str],
-             started: datetime, minutes: float) -> str:
+             started: datetime, minutes: float, storage: str, kdf: list[str]) -> str:
     command = "sudo .venv/bin/python bench/run.py" if os.geteuid() else ".venv/bin/python bench/run.py"
     options = f" --small {args.small} --large {args.large} --large-mib {args.large_mib} --repeat {args.repeat}"
     return f"""# Benchmarks
@@ -481,16 +565,27 @@ all. The 1% change rewrites {max(1, args.small // 100)} small files and appends 
   account, key login, `internal-sftp`); the repositories live on the same disk as the data.
 - **watcher**: `watcher backup` with a new `BACKUP_STATE_DIR` for the first backup, kept for the re-runs
   (as a daemon keeps it); `watcher restore latest --to DIR`. Over SFTP it logs in with a key, strict
-  host key checking.
-- **restic**: `restic init` (not timed), then `restic backup DIR` and `restic restore latest --target DIR`,
-  with `RESTIC_PASSWORD` and a new `RESTIC_CACHE_DIR` per round; over SFTP through
-  `-o sftp.command="ssh -p PORT ... -s sftp"` with the same key. restic's defaults: it encrypts, and its
-  v2 repositories compress (`auto`); watcher does neither.
+  host key checking. Encrypted, as a new repository is by default: `BACKUP_REPOSITORY_PASSWORD` set,
+  `BACKUP_COMPRESSION=auto` (format 2: AES-256-GCM, HMAC blob ids, zstd where it shrinks a blob); the
+  repository is made by the first backup, so its timed run includes scrypt's calibration and the key
+  wrap, which restic's `init` does apart. Every later command pays one scrypt unwrap.
+- **watcher, no encryption**: the same with `BACKUP_ENCRYPTION=none` (format 1: no encryption, no
+  compression, SHA-256 blob ids), its own repository and state: the cost of encryption and
+  compression alone, in the same rounds.
+- **restic**: `restic init --repository-version 2` (timed apart: the "init included" row adds it to the
+  first backup, for the same work as watcher's first backup, which makes its repository), then
+  `restic backup --compression auto DIR` and `restic restore latest --target DIR`, with `RESTIC_PASSWORD`
+  and a new `RESTIC_CACHE_DIR` per round; over SFTP through `-o sftp.command="ssh -p PORT ... -s sftp"`
+  with the same key. It encrypts (AES-256-CTR + Poly1305) and compresses (zstd, `auto`), as watcher's
+  first column does.
 - **OpenSSH sftp**: `sftp -b` with `put -r` of the data set (first backup row) and `get -r` of it (restore
   row): plain copies, the protocol's ceiling on this machine, with its default request size and count.
   It copies one file after the other, so the small files cost it round trips that watcher and restic,
   which pack them, do not pay: the "large files only" rows are its bulk rate, without them.
-- ssh, sftp and watcher all use `{CIPHER}` (watcher's first choice), so encryption costs all alike.
+- ssh, sftp and watcher all use `{CIPHER}` (watcher's first choice), so the transport's encryption costs all
+  alike.
+- The data set is incompressible: compression saves nothing and `auto` costs each tool one zstd attempt per
+  blob (watcher's zstd level 3, restic's "fastest").
 - {args.repeat} rounds; each starts from a fresh copy of the data set, and in each step every tool runs in turn
   (the order rotates between rounds), after an untimed `sync`. The page cache cannot be dropped
   reliably here: caches are warm, for all tools alike. A restore must bring back every file.
@@ -509,7 +604,16 @@ all. The 1% change rewrites {max(1, args.small // 100)} small files and appends 
 
 {table}
 
-## Targets (issue 2)
+Stored on the target after the first backup (the bytes of the repository's files, median over the rounds;
+the data set is incompressible, so this is each format's overhead):
+
+{storage}
+
+Key derivation (scrypt), measured after the rounds:
+
+{chr(10).join(kdf)}
+
+## Targets (issue 10, item 5: encryption and `auto` compression on)
 
 {chr(10).join(verdicts)}
 
@@ -560,7 +664,8 @@ def main() -> int:
     busy_before = busy_seconds() - own_seconds()
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = f"{started:%Y%m%dT%H%M%SZ}"
-    samples: Samples = {target: {step: {} for step in STEPS} for target in chosen}
+    samples: Samples = {target: {step: {} for step in ROWS} for target in chosen}
+    stored: Stored = {target: {} for target in chosen}
     with (tempfile.TemporaryDirectory(prefix="watcher-bench-") as temp,
           open(RESULTS / f"{stamp}.log", "w") as log):
         work = Path(temp)
@@ -575,7 +680,12 @@ def main() -> int:
         with sshd(work) if "sftp" in chosen else contextlib.nullcontext() as server:
             for number in range(args.repeat):
                 for target in chosen:
-                    run_round(number, target, pristine, work, server if target == "sftp" else None, samples, log)
+                    run_round(number, target, pristine, work, server if target == "sftp" else None, samples,
+                              stored, log)
+            first = work / f"round0-{chosen[0]}"
+            watcher_repo = (first if server is None or chosen[0] == "file" else server.scratch / first.name
+                            ) / "watcher-repo"
+            kdf = kdf_cost(watcher_repo, watcher_repo.parent / "restic-repo" / "keys")
     minutes = (time.monotonic() - clock) / 60
     others = busy_seconds() - own_seconds() - busy_before
     facts = machine_facts()
@@ -583,17 +693,21 @@ def main() -> int:
                            f"used {others:.0f} CPU-seconds during it ({others / (minutes * 60 * os.cpu_count()):.0%} "
                            "of the machine; kernel writeback counts as other)")
     large_bytes = args.large * args.large_mib * MiB
-    sizes = {"first backup": data_bytes, "restore": data_bytes, "first backup, large files only": large_bytes,
+    sizes = {"first backup": data_bytes, INIT_ROW: data_bytes, "restore": data_bytes,
+             "first backup, large files only": large_bytes,
              "restore, large files only": large_bytes}
     table = tables(samples, sizes)
-    verdicts = targets(samples, sizes, args.small)
-    print(f"\n{table}\n\n" + "\n".join(verdicts))
-    raw = {"started": stamp, "args": vars(args), "data_bytes": data_bytes, "machine": facts,
+    storage = stored_table(stored, data_bytes)
+    verdicts = targets(samples, stored, args.small)
+    print(f"\n{table}\n\n{storage}\n\n" + "\n".join(kdf) + "\n\n" + "\n".join(verdicts))
+    raw = {"started": stamp, "args": vars(args), "data_bytes": data_bytes, "machine": facts, "stored": stored,
+           "kdf": kdf,
            "samples": {t: {s: {k: [asdict(x) for x in v] for k, v in by.items()} for s, by in steps.items()}
                        for t, steps in samples.items()}}
     (RESULTS / f"{stamp}.json").write_text(json.dumps(raw, indent=1))
     if not args.no_docs:
-        DOCS.write_text(keep_later_sections(document(facts, args, data_bytes, table, verdicts, started, minutes)))
+        DOCS.write_text(keep_later_sections(document(facts, args, data_bytes, table, verdicts, started, minutes,
+                                                     storage, kdf)))
         print(f"\nwrote {DOCS.relative_to(ROOT)}; raw samples in bench/results/{stamp}.json")
     return 0
 

@@ -1,3 +1,3 @@
-from watcher.cli import run
+from watcher.launch import run
 
 run()

@@ -14,6 +14,7 @@ sealed under a key derived from a password with scrypt, whose parameters the key
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from watcher import fields
+from watcher import early_kdf, fields
 from watcher.errors import IntegrityError
 
 SALT_SIZE = 32
@@ -52,10 +53,42 @@ KEY_FILE_LIMIT = 64 * 1024
 KEY_FILE_VERSION = 1
 
 
+# HMAC-SHA256 (RFC 2104) from hashlib's SHA-256: for the short messages of HKDF, twice as fast as
+# hmac.digest, which sets up an OpenSSL HMAC context per call (each blob pays two, plus its id).
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+_BLOCK = 64
+
+
+def _hmac_sha256(key: bytes, message: bytes | memoryview) -> bytes:
+    """hmac.digest(key, message, "sha256") for keys of at most one block (ours: 32 bytes)."""
+    padded = key.ljust(_BLOCK, b"\0")
+    inner = hashlib.sha256(padded.translate(_IPAD))
+    inner.update(message)
+    return hashlib.sha256(padded.translate(_OPAD) + inner.digest()).digest()
+
+
+class _KeyedHash:
+    """HMAC-SHA256 under one fixed key, its padded key blocks hashed once: a blob id then costs two
+    SHA-256 copies and updates, not a new HMAC context (3x faster on small chunks)."""
+
+    def __init__(self, key: bytes) -> None:
+        padded = key.ljust(_BLOCK, b"\0")
+        self.inner = hashlib.sha256(padded.translate(_IPAD))
+        self.outer = hashlib.sha256(padded.translate(_OPAD))
+
+    def digest(self, message: bytes | memoryview) -> bytes:
+        inner = self.inner.copy()
+        inner.update(message)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 def hkdf(ikm: bytes, salt: bytes, info: bytes = HKDF_INFO) -> bytes:
     """HKDF-SHA256 (RFC 5869) of 32 bytes: one expand block."""
-    prk = hmac.digest(salt, ikm, "sha256")
-    return hmac.digest(prk, info + b"\x01", "sha256")
+    prk = _hmac_sha256(salt, ikm) if len(salt) <= _BLOCK else hmac.digest(salt, ikm, "sha256")
+    return _hmac_sha256(prk, info + b"\x01")
 
 
 def seal(key: bytes, plaintext: bytes | memoryview, associated: bytes) -> bytes:
@@ -93,7 +126,11 @@ class MasterKey:
         return cls(os.urandom(KEY_SIZE), os.urandom(KEY_SIZE))
 
     def blob_id(self, data: bytes | memoryview) -> str:
-        return hmac.digest(self.mac, data, "sha256").hex()
+        return self._keyed.digest(data).hex()
+
+    @functools.cached_property
+    def _keyed(self) -> _KeyedHash:
+        return _KeyedHash(self.mac)
 
     def chunker_seed(self) -> int:
         """The chunker's seed: secret, so that the server cannot tell chunk boundaries (and from them
@@ -115,6 +152,9 @@ class KdfParams:
     p: int
 
     def derive(self, password: str, salt: bytes) -> bytes:
+        early = early_kdf.take(password, salt, self.n, self.r, self.p, KEY_SIZE)  # begun at start-up, if at all
+        if early is not None:
+            return early
         return hashlib.scrypt(password.encode(), salt=salt, n=self.n, r=self.r, p=self.p, dklen=KEY_SIZE,
                               maxmem=SCRYPT_MEMORY_MAX + 16 * 1024 * 1024)
 

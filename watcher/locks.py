@@ -112,7 +112,7 @@ class LockInfo:
         return None
 
     def describe(self) -> str:
-        kind = "forget" if self.exclusive else "backup or check"
+        kind = "forget, key change or repository creation" if self.exclusive else "backup or check"
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.time))
         return f"a {kind} on {self.host} (pid {self.pid}) since {when}"
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import zstandard
@@ -110,9 +108,7 @@ class Codec:
     def blob_id(self, data: bytes | memoryview) -> str:
         return hashlib.sha256(data).hexdigest()
 
-    workers = 1  # threads that encode a pack's blobs (zlib of small trees: not worth more)
-
-    def encode(self, blob_id: str, blob_type: str, data: bytes) -> tuple[str, tuple[bytes, ...]]:
+    def encode(self, blob_id: str, blob_type: str, data: bytes | memoryview) -> tuple[str, tuple[bytes, ...]]:
         """A blob's encoding and its stored form, in pieces (joined once, into the pack)."""
         encoding = "zlib" if blob_type == "tree" else "raw"
         return encoding, (encode_blob(data, encoding),)
@@ -157,9 +153,6 @@ class EncryptedCodec(Codec):
         self.master = master
         self.level = COMPRESSION_LEVELS[compression]
         self.local = threading.local()  # zstd contexts are not thread-safe
-        # zstd releases the GIL (about 130 MB/s a core at level 3 on text): a pack's blobs are compressed
-        # on several cores. AES-GCM does not, but it runs at over 1 GB/s.
-        self.workers = 1 if self.level is None else max(1, min(4, os.cpu_count() or 1))
 
     def blob_id(self, data: bytes | memoryview) -> str:
         return self.master.blob_id(data)
@@ -171,8 +164,9 @@ class EncryptedCodec(Codec):
                                                                           write_content_size=True)
         return compressor
 
-    def encode(self, blob_id: str, blob_type: str, data: bytes) -> tuple[str, tuple[bytes, ...]]:
-        plain, encoding = data, "raw"
+    def encode(self, blob_id: str, blob_type: str, data: bytes | memoryview) -> tuple[str, tuple[bytes, ...]]:
+        plain: bytes | memoryview = data
+        encoding = "raw"
         if self.level is not None and len(data):
             packed = self._compressor().compress(data)
             if len(packed) < len(data):
@@ -218,13 +212,18 @@ def _unzstd(plain: bytes, entry: BlobEntry, local: threading.local) -> bytes:
 
 
 class PackBuilder:
-    """Accumulates blobs (encoded already, or plain ones encoded at `finish`, which the upload
-    thread runs: compressing and encrypting there overlaps the scan); `finish()` returns the
-    pack's bytes and its entries."""
+    """Accumulates blobs in their stored form; `finish_pieces()` returns the pack as pieces, its id
+    and its entries, `finish()` the same joined.
+
+    Plain blobs are encoded (compressed, sealed) as they are added, in the caller's thread: the
+    builder then never holds a copy of plain content beside the stored one, so a pack costs its
+    stored size in memory, once. (A pool encoding whole packs on the upload thread held the plain
+    pack, its encoded pieces and the joined pack at once, and its threads mostly waited for the
+    GIL: bench/profile.py, issue 10.)"""
 
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec = codec or PLAIN
-        self.items: list[tuple[str, str, str | None, bytes]] = []  # id, type, encoding (None: plain), bytes
+        self.items: list[tuple[str, str, str, tuple[bytes, ...]]] = []  # id, type, encoding, stored pieces
         self.size = 0
         self.entries: list[BlobEntry] = []
 
@@ -233,46 +232,91 @@ class PackBuilder:
 
     def add(self, blob_id: str, blob_type: str, encoding: str, stored: bytes) -> None:
         """An encoded blob, stored as it is (how `forget` repacks)."""
-        self.items.append((blob_id, blob_type, encoding, stored))
+        self.items.append((blob_id, blob_type, encoding, (stored,)))
         self.size += len(stored)
 
     def add_plain(self, blob_id: str, blob_type: str, data: bytes | memoryview) -> None:
-        """A blob's content, encoded at `finish` (copied now: the caller's buffer is reused)."""
-        self.items.append((blob_id, blob_type, None, bytes(data)))
-        self.size += len(data)
+        """A blob's content, encoded now (`data` may be the caller's buffer, reused after this returns:
+        encoding makes new bytes, except format 1's raw blobs, copied)."""
+        encoding, pieces = self.codec.encode(blob_id, blob_type, data)
+        if not all(type(piece) is bytes for piece in pieces):
+            pieces = tuple(bytes(piece) for piece in pieces)
+        self.items.append((blob_id, blob_type, encoding, pieces))
+        self.size += sum(len(piece) for piece in pieces)
 
-    def _encoded(self, item: tuple[str, str, str | None, bytes]) -> tuple[str, tuple[bytes, ...]]:
-        blob_id, blob_type, encoding, data = item
-        return (encoding, (data,)) if encoding is not None else self.codec.encode(blob_id, blob_type, data)
-
-    def finish(self) -> tuple[str, bytes, list[BlobEntry]]:
+    def finish_pieces(self) -> tuple[str, list[bytes], list[BlobEntry]]:
+        """The pack as the list of its pieces (blobs, sealed header, trailer) in order, never joined:
+        `PiecesReader` uploads them as one stream; the id is their SHA-256, hashed piece by piece."""
         items, self.items, self.size = self.items, [], 0
-        plain = sum(1 for item in items if item[2] is None)
-        if plain > 1 and self.codec.workers > 1:
-            with ThreadPoolExecutor(min(plain, self.codec.workers), thread_name_prefix="pack-encode") as pool:
-                results = list(pool.map(self._encoded, items))
-        else:
-            results = [self._encoded(item) for item in items]
-        names = [(item[0], item[1]) for item in items]
-        del items  # the content: only the stored forms are needed now
         parts: list[bytes] = []
         entries = []
         offset = 0
-        for (blob_id, blob_type), (encoding, pieces) in zip(names, results, strict=True):
+        for blob_id, blob_type, encoding, pieces in items:
             length = sum(len(piece) for piece in pieces)
             entries.append(BlobEntry(blob_id, blob_type, encoding, offset, length))
             parts.extend(pieces)
             offset += length
-        del results
+        del items
         rows = [entry.as_row() for entry in entries]
         header = json.dumps({"version": self.codec.version, "blobs": rows}, separators=(",", ":")).encode()
         encoded = self.codec.seal("pack header", "", header)
         parts += [encoded, TRAILER.pack(len(encoded), self.codec.magic)]
-        data = b"".join(parts)
-        del parts  # the joined copy is what is uploaded: free the pieces now
-        pack_id = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        pack_id = digest.hexdigest()
         self.entries = [BlobEntry(e.id, e.type, e.encoding, e.offset, e.length, pack_id) for e in entries]
-        return pack_id, data, self.entries
+        return pack_id, parts, self.entries
+
+    def finish(self) -> tuple[str, bytes, list[BlobEntry]]:
+        pack_id, parts, entries = self.finish_pieces()
+        return pack_id, b"".join(parts), entries
+
+
+class PiecesReader:
+    """A binary stream over a list of bytes, read in order: a pack uploaded without being joined
+    into one more copy of itself. `seek` (a retry starting over) and `tell` as a backend needs."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.size = sum(len(piece) for piece in pieces)
+        self.index = 0  # the piece the next read starts in
+        self.offset = 0  # and where in it
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.size - self.position
+        out: list[bytes] = []
+        wanted = size
+        while wanted > 0 and self.index < len(self.pieces):
+            piece = self.pieces[self.index]
+            take = min(wanted, len(piece) - self.offset)
+            out.append(piece if take == len(piece) else piece[self.offset : self.offset + take])
+            self.offset += take
+            wanted -= take
+            if self.offset == len(piece):
+                self.index, self.offset = self.index + 1, 0
+        taken = size - wanted
+        self.position += taken
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        if whence != 0 or not 0 <= position <= self.size:
+            raise ValueError("PiecesReader seeks to an absolute position within the stream only")
+        self.index, self.offset, self.position = 0, 0, 0
+        while self.index < len(self.pieces) and position - self.position >= len(self.pieces[self.index]):
+            self.position += len(self.pieces[self.index])
+            self.index += 1
+        self.offset = position - self.position
+        self.position = position
+        return position
+
+    def readable(self) -> bool:
+        return True
 
 
 def parse_header(pack_id: str, data: bytes, codec: Codec | None = None) -> list[BlobEntry]:

@@ -40,7 +40,7 @@ from watcher.errors import (
     SnapshotNotFoundError,
     TransientError,
 )
-from watcher.pack import PACK_TARGET, PLAIN, BlobEntry, Codec, EncryptedCodec, PackBuilder
+from watcher.pack import PACK_TARGET, PLAIN, BlobEntry, Codec, EncryptedCodec, PackBuilder, PiecesReader
 from watcher.private import write_file
 from watcher.snapshot import (
     BadEntry,
@@ -62,7 +62,10 @@ FORMAT_ENCRYPTED = 2  # docs/FORMAT.md, "Version 2": everything but `config` sea
 ENCRYPTION = "aes-256-gcm"
 INDEX_EVERY_PACKS = 8
 INDEX_BLOBS = 250_000  # the most blobs one index file names (about 27 MB)
-UPLOAD_QUEUE = 2
+# Packs handed to the upload thread and not uploaded yet, besides the one being filled: one is
+# double buffering (the scan fills a pack while the previous one uploads), so a backup holds at
+# most two packs (~32 MiB); the upload is the slower side, so a deeper queue only held more memory.
+PACKS_IN_FLIGHT = 1
 STAT_PACKS_AT_MOST = 256  # more packs written: one listing of packs/ is cheaper than a stat for each
 
 
@@ -253,6 +256,7 @@ class Repository:
         if data is None:
             if not create:
                 raise RepositoryError(f"no repository at {self.backend.describe()} (run a backup first)")
+            self._check_creation()  # before the lock: a refusal writes nothing on the target
             with exclusive() if exclusive else contextlib.nullcontext():
                 data = self._read_config()  # made by another process before the lock was ours
                 if data is None:
@@ -262,7 +266,7 @@ class Repository:
             if self.config.version == FORMAT_ENCRYPTED:
                 self._unlock()
             else:
-                self._accept_plain(writing=create)
+                self._accept_plain()
         if self.state_dir is not None:
             self.cache = LocalCache(self.state_dir / "repos" / self.config.id / "cache.db",
                                     {"tree": self.codec.blob_id})
@@ -281,37 +285,81 @@ class Repository:
         except NotFoundError:
             return None
 
-    def _accept_plain(self, *, writing: bool) -> None:
-        """Whether an unencrypted (format 1) repository may be used. The plain `config` is not
-        authenticated, so a server can pass any repository off as one: what this machine knows decides.
-        Refused always where it opened an encrypted repository before (this id, or this target); and,
-        when a backup would write plain data although BACKUP_REPOSITORY_PASSWORD is set, refused on a
-        server unless this machine backed up into it before or BACKUP_ENCRYPTION=none accepts it."""
+    def _accept_plain(self) -> None:
+        """Whether an unencrypted (format 1) repository may be used. Its plain `config` is not
+        authenticated: a server can present any repository as one, to be sent plain data or to have
+        forged files restored, so what this machine knows decides. Refused where it opened an
+        encrypted repository before (this id, or this target); and, with BACKUP_REPOSITORY_PASSWORD
+        set, on a server target this machine has not used it at, unless BACKUP_ENCRYPTION=none
+        accepts it there (recorded: later runs may go back to `auto`)."""
         assert self.config is not None
         where, protection = self.backend.describe(), self.protection
-        for marker in (self._encrypted_marker(), self._target_marker()):
+        for marker in (self._encrypted_marker(), self._target_file(".encrypted")):
             if marker is not None and marker.exists():
                 raise IntegrityError(f"the repository at {where} was encrypted when this machine last opened it, "
                                      "and its config now says it is not: refused (was the config replaced on the "
                                      f"server? if you made it again unencrypted on purpose, delete {marker})")
         if not protection.password:
             return
-        known = self._repository_dir()
-        if (writing and protection.server and protection.encryption != "none" and known is not None
-                and not (known / "plain").exists() and not (known / "last-snapshot.json").exists()):
-            raise RepositoryError(f"the repository at {where} is not encrypted (format 1) and this machine has never "
-                                  "backed up into it: refused, since BACKUP_REPOSITORY_PASSWORD is set (a server can "
-                                  "pass a repository off as unencrypted); if it was made so on purpose or by an "
-                                  "earlier watcher, run one backup with BACKUP_ENCRYPTION=none to accept it")
+        if protection.server and not self._plain_known():
+            if protection.encryption != "none":
+                raise RepositoryError(
+                    f"the repository at {where} is not encrypted (format 1) and this machine has not used it there "
+                    "before: refused, since BACKUP_REPOSITORY_PASSWORD is set (a server can present any repository "
+                    "as unencrypted); if it was made so on purpose or by an earlier watcher, run one command (such "
+                    "as `watcher doctor`) with BACKUP_ENCRYPTION=none to accept it at this target")
+            self._record_plain()
         log.warning("the repository at %s is not encrypted (format 1, made so or by an earlier watcher): "
                     "BACKUP_REPOSITORY_PASSWORD is not used for it", where)
-        if writing and known is not None:
-            self._mark(known / "plain", "that this unencrypted repository was accepted")
+
+    def _plain_known(self) -> bool:
+        """This unencrypted repository was made, accepted or backed up into by this machine at this target:
+        `targets/<hash>.plain` names its id; or, for a state folder of an earlier watcher (no such record),
+        this machine backed up into it (its last-snapshot record) and no other target's record claims it."""
+        assert self.config is not None
+        record, known = self._target_file(".plain"), self._repository_dir()
+        if record is None or known is None:
+            return False
+        try:
+            return record.read_text().strip() == self.config.id
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        claimed = any(other.read_text().strip() == self.config.id for other in record.parent.glob("*.plain"))
+        if claimed or not (known / "last-snapshot.json").exists():
+            return False
+        self._record_plain()
+        return True
+
+    def _record_plain(self) -> None:
+        record = self._target_file(".plain")
+        if record is not None and self.config is not None:
+            try:
+                write_file(record, self.config.id.encode())
+            except OSError as error:
+                log.warning("cannot record in %s that this unencrypted repository was accepted: %s", record,
+                            error.strerror or error)
+
+    def _check_creation(self) -> None:
+        """Refuse, before anything is written, a repository `_create` must not make: an unencrypted one on
+        a server without BACKUP_ENCRYPTION=none, or where this machine opened an encrypted one."""
+        protection, where = self.protection, self.backend.describe()
+        if protection.password and protection.encryption != "none":
+            return
+        if protection.server and protection.encryption != "none":
+            raise ConfigError([f"BACKUP_REPOSITORY_PASSWORD: required to create the new repository at {where}: "
+                               "a repository on a server is encrypted (set BACKUP_ENCRYPTION=none to store it "
+                               "unencrypted on purpose)"])
+        marker = self._target_file(".encrypted")
+        if marker is not None and marker.exists() and protection.encryption != "none":
+            raise ConfigError([f"BACKUP_REPOSITORY_PASSWORD: required to create the new repository at {where}: this "
+                               "target held an encrypted repository (set BACKUP_ENCRYPTION=none to make an "
+                               "unencrypted one there on purpose)"])
 
     def _create(self, pack_size: int) -> None:
-        """A new repository: encrypted when a password is given (and encryption is not `none`);
-        otherwise plain (format 1) on a `file://` target or when BACKUP_ENCRYPTION=none, and refused
-        on a server target."""
+        """A new repository (`_check_creation` allowed it): encrypted when a password is given and
+        encryption is not `none`, otherwise plain (format 1)."""
         protection, where = self.protection, self.backend.describe()
         repository_id = os.urandom(16).hex()
         if protection.password and protection.encryption != "none":
@@ -325,15 +373,12 @@ class Repository:
             log.info("created a new encrypted repository at %s (keep BACKUP_REPOSITORY_PASSWORD safe: without it "
                      "the backups cannot be read)", where)
             return
-        if protection.encryption != "none" and protection.server:
-            raise ConfigError([f"BACKUP_REPOSITORY_PASSWORD: required to create the new repository at {where}: "
-                               "a repository on a server is encrypted (set BACKUP_ENCRYPTION=none to store it "
-                               "unencrypted on purpose)"])
         self.config = RepoConfig(repository_id, ChunkerParams(), pack_size)
         self.backend.put_bytes("config", self.config.encode())
-        known = self._repository_dir()
-        if known is not None and protection.password:
-            self._mark(known / "plain", "that this unencrypted repository was made here")
+        marker = self._target_file(".encrypted")
+        if marker is not None and marker.exists():
+            marker.unlink()  # BACKUP_ENCRYPTION=none: unencrypted here now, on purpose
+        self._record_plain()
         why = "BACKUP_ENCRYPTION=none" if protection.encryption == "none" else "BACKUP_REPOSITORY_PASSWORD is not set"
         log.info("created a new repository at %s, not encrypted (%s)", where, why)
 
@@ -345,16 +390,13 @@ class Repository:
                                  "its parameters were changed (on the server?): refused")
         self.codec = EncryptedCodec(master, self.protection.compression)
         self.key_id = key_id
-        for marker in (self._encrypted_marker(), self._target_marker()):
+        for marker in (self._encrypted_marker(), self._target_file(".encrypted")):
             if marker is not None and not marker.exists():
-                self._mark(marker, "that this repository is encrypted")
-
-    @staticmethod
-    def _mark(path: Path, what: str) -> None:
-        try:
-            write_file(path, b"")
-        except OSError as error:
-            log.warning("cannot record in %s %s: %s", path, what, error.strerror or error)
+                try:
+                    write_file(marker, b"")
+                except OSError as error:
+                    log.warning("cannot record in %s that this repository is encrypted: %s", marker,
+                                error.strerror or error)
 
     def _repository_dir(self) -> Path | None:
         """`BACKUP_STATE_DIR/repos/<id>`: what this machine keeps of a repository (cache, records)."""
@@ -369,11 +411,13 @@ class Repository:
         known = self._repository_dir()
         return None if known is None else known / "encrypted"
 
-    def _target_marker(self) -> Path | None:
-        """`BACKUP_STATE_DIR/targets/<hash of the URL>.encrypted`: this target held an encrypted repository,
-        so a plain one there now, whatever its id, is refused too."""
-        record = self._key_record()
-        return None if record is None else record.with_suffix(".encrypted")
+    def _target_file(self, suffix: str) -> Path | None:
+        """`BACKUP_STATE_DIR/targets/<hash of the URL><suffix>`: what this machine knows of this target.
+        `.key`: see `_key_record`; `.encrypted` (empty): it held an encrypted repository, so a plain one
+        there now, whatever its id, is refused; `.plain`: the id of the unencrypted repository accepted there."""
+        if self.state_dir is None:
+            return None
+        return self.state_dir / "targets" / f"{digest(self.backend.describe().encode())[:32]}{suffix}"
 
     def _put_key(self, master: crypto.MasterKey, password: str, *, remember: bool = False) -> str:
         """Write a key file; `remember`: it is the one this target opens with from now on (`_key_record`)."""
@@ -392,9 +436,7 @@ class Repository:
     # listing the keys, instead of following them.
 
     def _key_record(self) -> Path | None:
-        if self.state_dir is None:
-            return None
-        return self.state_dir / "targets" / f"{digest(self.backend.describe().encode())[:32]}.key"
+        return self._target_file(".key")
 
     def _remember_key(self, key_id: str, data: bytes) -> None:
         path = self._key_record()
@@ -435,6 +477,14 @@ class Repository:
         thread.start()
         self._early = (repository_id, key_id, thread, result)
 
+    def _recorded_key_id(self) -> str | None:
+        path = self._key_record()
+        try:
+            key_id = json.loads(path.read_bytes())["key"] if path is not None else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return key_id if isinstance(key_id, str) else None
+
     def _early_key(self, listed: list[str]) -> tuple[str | None, crypto.MasterKey | None]:
         """(the key id the head start tried, its master keys if they open this repository)."""
         if self._early is None or self.config is None:
@@ -472,7 +522,8 @@ class Repository:
         damaged = []
         derived = int(tried is not None)  # scrypt runs, each up to seconds: at most KEYS_MAX
         read = 0  # key files fetched: at most KEYS_READ_MAX
-        for key_id in listed:
+        preferred = self._recorded_key_id()  # the key that last opened this target, first
+        for key_id in sorted(listed, key=lambda key_id: key_id != preferred):
             if key_id == tried:
                 continue  # the head start found it does not open with this password
             if derived >= KEYS_MAX or read >= KEYS_READ_MAX:
@@ -494,12 +545,14 @@ class Repository:
         if not listed:
             raise IntegrityError(f"the encrypted repository at {where} has no key at all (keys/ is empty): it cannot "
                                  "be opened")
-        if len(damaged) == len(listed):
+        if derived == 0:
             raise IntegrityError(f"no key file of the encrypted repository at {where} can be read ({len(damaged)} "
                                  f"damaged: {'; '.join(damaged[:3])}): it cannot be opened")
+        if derived + len(damaged) < len(listed):
+            raise IntegrityError(f"the encrypted repository at {where} has {len(listed)} key files, more than the "
+                                 f"{KEYS_MAX} a reader tries (were key files added on the server?): none of the "
+                                 f"{derived} tried opens with BACKUP_REPOSITORY_PASSWORD")
         detail = f"; {len(damaged)} key files are damaged ({'; '.join(damaged[:3])})" if damaged else ""
-        if read + (tried is not None) < len(listed):
-            detail += f"; only {read + (tried is not None)} of its {len(listed)} key files were tried"
         raise WrongPasswordError(f"BACKUP_REPOSITORY_PASSWORD does not open the encrypted repository at {where}: "
                                  f"wrong password{detail}")
 
@@ -525,16 +578,6 @@ class Repository:
             raise RepositoryError(f"key {key_id[:12]} is the one BACKUP_REPOSITORY_PASSWORD opens: "
                                   "use `watcher key passwd` to change it")
         self.backend.delete(f"keys/{key_id}")
-        self._forget_key_record(key_id)
-
-    def _forget_key_record(self, key_id: str) -> None:
-        """A removed key (an old password) must not stay in the state folder either."""
-        path = self._key_record()
-        try:
-            if path is not None and path.exists() and json.loads(path.read_bytes()).get("key") == key_id:
-                path.unlink()
-        except (OSError, ValueError, AttributeError) as error:
-            log.warning("cannot remove the copy of removed key %s from %s: %s", key_id[:12], path, error)
 
     def close(self) -> None:
         self.cache.close()
@@ -886,7 +929,8 @@ class BlobWriter:
         self.written_packs: set[str] = set()
         self.indexed: list[tuple[str, int, list[BlobEntry]]] = []  # what this writer's indexes name
         self.index_ids: set[str] = set()
-        self.queue: queue.Queue[PackBuilder | None] = queue.Queue(UPLOAD_QUEUE)
+        self.queue: queue.Queue[PackBuilder | None] = queue.Queue()
+        self.in_flight = threading.BoundedSemaphore(PACKS_IN_FLIGHT)  # a pack's slot, freed once uploaded
         self.error: BaseException | None = None
         self.on_upload: Callable[[int], None] = lambda size: None
         self.thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
@@ -900,7 +944,7 @@ class BlobWriter:
         if self.known(blob_id):
             return False
         self._raise_upload_error()
-        self.builder.add_plain(blob_id, blob_type, data)  # encoded on the upload thread
+        self.builder.add_plain(blob_id, blob_type, data)  # encoded now, in this thread (see PackBuilder)
         self._added(blob_id)
         return True
 
@@ -924,13 +968,12 @@ class BlobWriter:
         self._put_in_queue(builder)  # finished (header, hash) on the upload thread, beside the scan
 
     def _put_in_queue(self, item: PackBuilder | None) -> None:
+        """Hand a pack (None: the end) to the upload thread once it has a free slot."""
         while True:
             self._raise_upload_error()
-            try:
-                self.queue.put(item, timeout=0.5)
+            if item is None or self.in_flight.acquire(timeout=0.5):
+                self.queue.put(item)
                 return
-            except queue.Full:
-                continue
 
     def _upload_loop(self) -> None:
         while True:
@@ -938,19 +981,30 @@ class BlobWriter:
             if item is None or self.error is not None:
                 if item is None:
                     return
+                self.in_flight.release()
                 continue
+            released = False
             try:
-                pack_id, data, entries = item.finish()
+                pack_id, pieces, entries = item.finish_pieces()
+                del item
                 self.bytes_added += sum(entry.length for entry in entries)
+                stream = PiecesReader(pieces)
+                del pieces  # the stream holds them: freed when it is, right after the upload
                 with self.repository.lock:
-                    self.repository.backend.put(pack_key(pack_id), io.BytesIO(data))
-                self.uploaded.append((pack_id, len(data), entries))
+                    self.repository.backend.put(pack_key(pack_id), stream)
+                size = stream.size
+                del stream
+                self.in_flight.release()  # its bytes are freed: the scan may hand over the next pack
+                released = True
+                self.uploaded.append((pack_id, size, entries))
                 self.written_packs.add(pack_id)
-                self.on_upload(len(data))
+                self.on_upload(size)
                 if len(self.uploaded) >= INDEX_EVERY_PACKS:
                     self._write_index()
             except BaseException as error:  # handed to the caller's thread by _raise_upload_error
                 self.error = error
+                if not released:
+                    self.in_flight.release()
 
     def _write_index(self) -> None:
         entries, self.uploaded = self.uploaded, []
@@ -974,12 +1028,7 @@ class BlobWriter:
     def abort(self) -> None:
         """Stop the upload thread without indexing what it was doing (the run failed)."""
         self.error = self.error or RepositoryError("aborted")
-        while self.thread.is_alive():
-            try:
-                self.queue.put(None, timeout=0.5)
-                break
-            except queue.Full:
-                continue
+        self.queue.put(None)  # the queue is unbounded: packs are bounded by `in_flight`
         self.thread.join(timeout=5)  # a stuck upload must not hold up a stopping daemon
 
 

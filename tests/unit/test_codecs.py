@@ -224,6 +224,29 @@ def test_pack_round_trip():
     assert {entry.encoding for entry in parsed} == {"raw", "zlib"}
 
 
+def test_a_pack_streamed_in_pieces_is_the_joined_pack():
+    pieces_builder, joined_builder = pack.PackBuilder(), pack.PackBuilder()
+    buffer = bytearray(b"reused buffer " * 100)
+    for builder in (pieces_builder, joined_builder):
+        builder.add_plain(snapshot.digest(bytes(buffer)), "data", memoryview(buffer))
+        builder.add_plain(snapshot.digest(b"tree"), "tree", b"tree")
+    buffer[:] = bytes(len(buffer))  # the caller reuses its buffer: the builder kept its own bytes
+    pack_id, pieces, entries = pieces_builder.finish_pieces()
+    joined_id, joined, joined_entries = joined_builder.finish()
+    assert (pack_id, b"".join(pieces), entries) == (joined_id, joined, joined_entries)
+    assert pack_id == hashlib.sha256(joined).hexdigest()
+    stream = pack.PiecesReader(pieces)
+    got = b""
+    while chunk := stream.read(7):
+        got += chunk
+    assert got == joined and stream.tell() == len(joined)
+    for position in (0, 1, len(pieces[0]), len(joined) - 3, len(joined)):
+        stream.seek(position)  # a retry starts over where the upload started
+        assert stream.tell() == position and stream.read() == joined[position:]
+    with pytest.raises(ValueError):
+        stream.seek(len(joined) + 1)
+
+
 def test_empty_pack_round_trip():
     pack_id, data, entries = pack.PackBuilder().finish()
     assert entries == []

@@ -18,7 +18,7 @@ from tests.unit.test_encryption import CHEAP, OTHER, PASSWORD, damaged_setup, fi
 from watcher import crypto, repository
 from watcher.backends.local import LocalBackend
 from watcher.backends.memory import MemoryBackend
-from watcher.errors import IntegrityError, RepositoryError
+from watcher.errors import ConfigError, IntegrityError, RepositoryError
 from watcher.locks import RepositoryLockedError, locked
 from watcher.repository import KEYS_MAX, PACK_SIZE_MIN_ENCRYPTED, Protection, Repository, WrongPasswordError
 
@@ -42,35 +42,71 @@ def plain_repository(path: Path) -> str:
     return made.config.id
 
 
-def test_a_server_cannot_pass_a_new_unencrypted_repository_to_a_backup_with_a_password(tmp_path):
+def test_a_server_cannot_pass_an_unknown_unencrypted_repository_to_a_machine_with_a_password(tmp_path):
+    """Neither to be sent plain data nor to have forged files restored: refused, reading or writing,
+    until one run with BACKUP_ENCRYPTION=none accepts it at that target."""
     plain_repository(tmp_path / "repo")
-    writer = server_repository(tmp_path / "repo", tmp_path / "state")
-    with pytest.raises(RepositoryError, match=r"not encrypted .format 1. and this machine has never backed up into it"):
-        writer.open(create=True)
-    # reading it is allowed (with the usual warning); writing needs BACKUP_ENCRYPTION=none once
-    server_repository(tmp_path / "repo", tmp_path / "state").open()
+    for create in (True, False):
+        with pytest.raises(RepositoryError, match=r"not encrypted .format 1. and this machine has not used it there"):
+            server_repository(tmp_path / "repo", tmp_path / "state").open(create=create)
     accepted = server_repository(tmp_path / "repo", tmp_path / "state", encryption="none")
-    accepted.open(create=True)
+    accepted.open()
     assert accepted.config.version == 1
-    assert (tmp_path / "state" / "repos" / accepted.config.id / "plain").exists()
     server_repository(tmp_path / "repo", tmp_path / "state").open(create=True)  # from then on, as it was
+    # without a password nothing is expected to be encrypted: it opens as before
+    server_repository(tmp_path / "repo", tmp_path / "other-state", password=None).open(create=True)
 
 
 def test_an_unencrypted_repository_this_machine_backed_up_into_before_keeps_working(tmp_path):
-    """An earlier watcher's repository (no `plain` record, but the record of its last snapshot)."""
+    """An earlier watcher's state folder: no record of the target, but the record of its last snapshot."""
     repository_id = plain_repository(tmp_path / "repo")
     known = tmp_path / "state" / "repos" / repository_id
     known.mkdir(parents=True)
     (known / "last-snapshot.json").write_text("{}")
     server_repository(tmp_path / "repo", tmp_path / "state").open(create=True)
+    # another target now serving that repository's config is not taken for it
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "config").write_bytes((tmp_path / "repo" / "config").read_bytes())
+    with pytest.raises(RepositoryError, match="has not used it there before"):
+        server_repository(tmp_path / "mirror", tmp_path / "state").open(create=True)
+
+
+def test_doctor_fails_on_an_unencrypted_repository_the_next_backup_would_refuse(tmp_path):
+    from watcher.actions.doctor import check_repository
+
+    plain_repository(tmp_path / "repo")
+
+    def opened() -> Repository:
+        made = server_repository(tmp_path / "repo", tmp_path / "state")
+        made.open()
+        return made
+
+    (verdict,) = check_repository(opened, "the target")
+    assert verdict.ok is False and "BACKUP_ENCRYPTION=none" in verdict.detail
+
+
+def encrypted_then_emptied(tmp_path: Path) -> None:
+    """A target where this machine made an encrypted repository, which is then gone."""
+    made = server_repository(tmp_path / "repo", tmp_path / "state")
+    made.open(create=True)
+    made.close()
+    for path in files_below(tmp_path / "repo"):
+        path.unlink()
+
+
+def test_a_target_made_unencrypted_again_on_purpose_keeps_working(tmp_path):
+    encrypted_then_emptied(tmp_path)
+    with pytest.raises(ConfigError, match="this target held an encrypted repository"):
+        Repository(LocalBackend(str(tmp_path / "repo")), tmp_path / "state", Protection(None)).open(create=True)
+    again = server_repository(tmp_path / "repo", tmp_path / "state", encryption="none")
+    again.open(create=True)
+    assert again.config.version == 1
+    for encryption in ("none", "auto"):
+        server_repository(tmp_path / "repo", tmp_path / "state", encryption=encryption).open(create=True)
 
 
 def test_a_target_once_encrypted_refuses_an_unencrypted_repository_under_any_id(tmp_path):
-    first = server_repository(tmp_path / "repo", tmp_path / "state")
-    first.open(create=True)
-    first.close()
-    for path in files_below(tmp_path / "repo"):
-        path.unlink()
+    encrypted_then_emptied(tmp_path)
     plain_repository(tmp_path / "repo")
     for encryption in ("auto", "none"):
         with pytest.raises(IntegrityError, match=r"was encrypted when this machine last opened it.*targets/"):
@@ -150,9 +186,32 @@ def test_no_more_than_keys_max_key_files_are_tried(tmp_path, monkeypatch):
     derived = []
     real = crypto.KeyFile.unwrap
     monkeypatch.setattr(crypto.KeyFile, "unwrap", lambda self, *args: derived.append(1) or real(self, *args))
-    with pytest.raises(WrongPasswordError, match=rf"only {KEYS_MAX} of its {3 * KEYS_MAX} key files were tried"):
+    with pytest.raises(IntegrityError, match=rf"has {3 * KEYS_MAX} key files, more than the {KEYS_MAX} a reader"):
         Repository(LocalBackend(str(tmp_path)), None, Protection(PASSWORD)).open()
     assert len(derived) == KEYS_MAX
+
+
+def test_the_key_that_last_opened_the_target_is_tried_first(tmp_path, monkeypatch):
+    """Key files sorting ahead of ours (names are hashes: a server can pick them) cost nothing."""
+    made = Repository(LocalBackend(str(tmp_path / "repo")), tmp_path / "state", Protection(PASSWORD))
+    made.open(create=True)
+    add_cheap_keys(tmp_path / "repo", made.config.id, 3 * KEYS_MAX)
+    repository._UNLOCKED.clear()
+    derived = []
+    real = crypto.KeyFile.unwrap
+    monkeypatch.setattr(crypto.KeyFile, "unwrap", lambda self, *args: derived.append(self.id) or real(self, *args))
+    again = Repository(LocalBackend(str(tmp_path / "repo")), tmp_path / "state", Protection(PASSWORD))
+    again.open()
+    assert derived == [made.key_id] and again.key_id == made.key_id
+
+
+def test_wrong_password_among_few_keys_is_still_a_wrong_password(tmp_path):
+    made = Repository(LocalBackend(str(tmp_path)), None, Protection(PASSWORD))
+    made.open(create=True)
+    add_cheap_keys(tmp_path, made.config.id, 2)
+    repository._UNLOCKED.clear()
+    with pytest.raises(WrongPasswordError, match="wrong password"):
+        Repository(LocalBackend(str(tmp_path)), None, Protection("not it")).open()
 
 
 def test_key_add_refuses_beyond_keys_max(setup):
@@ -239,6 +298,23 @@ def test_the_real_lock_keeps_a_second_creator_out(tmp_path):
     assert not (tmp_path / "repo" / "config").exists()
 
 
+def test_key_remove_drops_the_state_folders_copy_of_the_removed_key(setup):
+    tmp, _src, run = setup
+    run.ok("backup")
+    run.env["BACKUP_NEW_REPOSITORY_PASSWORD"] = OTHER
+    run.ok("key", "add")
+    repository._UNLOCKED.clear()
+    other = {**run.env, "BACKUP_REPOSITORY_PASSWORD": OTHER}
+    assert run("snapshots", env=other)[0] == 0  # the copy now names the other password's key
+    (record,) = (tmp / "state" / "targets").glob("*.key")
+    removed = json.loads(record.read_bytes())["key"]
+    repository._UNLOCKED.clear()
+    assert f"removed key {removed[:12]}" in run.ok("key", "remove", removed[:12])
+    assert json.loads(record.read_bytes())["key"] != removed  # it follows the key that opened the target
+    for path in files_below(tmp / "state"):
+        assert removed.encode() not in path.read_bytes(), path
+
+
 def test_key_passwd_leaves_no_copy_of_the_old_key_in_the_state_folder(setup):
     tmp, _src, run = setup
     run.ok("backup")
@@ -274,3 +350,14 @@ def test_the_process_keeps_no_fast_test_of_the_password_and_dumps_no_core(setup)
                             "print(resource.getrlimit(resource.RLIMIT_CORE))"],
                            capture_output=True, text=True, check=False)
     assert shown.stdout.strip().endswith("(0, 0)"), shown
+
+
+def test_a_config_changed_between_two_opens_of_one_process_is_refused(tmp_path):
+    """The daemon opens its repositories again after a failed run, from keys it keeps: checked as well."""
+    Repository(LocalBackend(str(tmp_path)), None, Protection(PASSWORD)).open(create=True)
+    assert repository._UNLOCKED
+    config = json.loads((tmp_path / "config").read_bytes())
+    config["pack_size"] *= 2
+    (tmp_path / "config").write_text(json.dumps(config))
+    with pytest.raises(IntegrityError, match="fails authentication"):
+        Repository(LocalBackend(str(tmp_path)), None, Protection(PASSWORD)).open()

@@ -93,7 +93,7 @@ def test_a_killed_holder_in_this_namespace_is_removed_at_once(tmp_path):
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
     repository = open_repository(LocalBackend(tmp_path / "repository"), None)
-    with pytest.raises(RepositoryLockedError, match="in use by a forget"), locked(repository, exclusive=False):
+    with pytest.raises(RepositoryLockedError, match="in use by a forget, key"), locked(repository, exclusive=False):
         pass
     holder.kill()
     holder.wait()

@@ -114,7 +114,7 @@ def test_a_backup_waits_for_a_running_forget(repository_with_history):
     repository, backend, _ = repository_with_history
     backend.put_bytes("locks/otherhost-2-cccc", json.dumps(
         {"host": "otherhost", "pid": 2, "time": time.time(), "exclusive": True}).encode())
-    with pytest.raises(RepositoryLockedError, match="forget on otherhost"), locked(repository, exclusive=False):
+    with pytest.raises(RepositoryLockedError, match="creation on otherhost"), locked(repository, exclusive=False):
         pass
 
 

@@ -30,8 +30,12 @@ from watcher.snapshot import Node, Snapshot
 
 log = logging.getLogger(__name__)
 
-PACK_CACHE_BYTES = 96 * 1024 * 1024
-PREFETCH_PACKS = 2
+# Packs kept after use, for blobs needed again out of order (a pack is dropped at once when the
+# restore has taken every byte it needed of it, so this only bounds packs still needed later).
+PACK_CACHE_BYTES = 32 * 1024 * 1024
+# Packs downloaded ahead of the one being restored: one overlaps the network with the disk; more
+# only held memory (16 MiB each) while the restore, which writes slower than it downloads, caught up.
+PREFETCH_PACKS = 1
 WHOLE_PACK_FRACTION = 0.25
 OPEN_FOLDERS = 32  # besides the root: the deepest folders of the current path kept open
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -208,6 +212,7 @@ class _BlobSource:
     def __init__(self, repository: Repository, needed: dict[str, int], order: list[str]) -> None:
         self.repository = repository
         self.needed = needed
+        self.remaining = dict(needed)  # bytes still to be taken of each pack: at 0 it is dropped
         self.packs: OrderedDict[str, bytes] = OrderedDict()
         self.cached_bytes = 0
         self.prefetcher = _Prefetcher(repository, [pack for pack in order if self.whole(pack)])
@@ -234,7 +239,17 @@ class _BlobSource:
             with self.repository.lock:
                 stored = self.repository.backend.read_range(pack_key(entry.pack), entry.offset, entry.length)
             return self.repository.codec.decode(stored, entry)
-        return self.repository.codec.decode(memoryview(data)[entry.offset : entry.offset + entry.length], entry)
+        blob = self.repository.codec.decode(memoryview(data)[entry.offset : entry.offset + entry.length], entry)
+        self._taken(entry.pack, entry.length)
+        return blob
+
+    def _taken(self, pack: str, length: int) -> None:
+        """Count what was taken of a cached pack; drop the pack once nothing more is needed of it
+        (memory: the restore then holds only packs it will read again, and those prefetched)."""
+        left = self.remaining.get(pack, 0) - length
+        self.remaining[pack] = left
+        if left <= 0 and pack in self.packs:
+            self.cached_bytes -= len(self.packs.pop(pack))
 
 
 class _Folders:
