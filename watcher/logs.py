@@ -94,7 +94,7 @@ def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None
     handler.setLevel(level)
     root.addHandler(handler)
     root.setLevel(min(level, logging.INFO))  # run logs record INFO whatever the console shows
-    for noisy in ("paramiko", "watchdog"):
+    for noisy in ("paramiko", "watchdog", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     return redactor
 

@@ -3,7 +3,8 @@
 As restic runs one test suite over all its backends: what the repository relies on is written
 once, so a backend cannot quietly differ (listing order, hidden temporary names, atomic puts,
 NotFoundError on absence). The SFTP case runs against the real sshd of tests/fixtures/sftp.py,
-the FTP and FTPS cases against the real vsftpd of tests/fixtures/ftp.py.
+the FTP and FTPS cases against the real vsftpd of tests/fixtures/ftp.py, the S3 case against
+the real SeaweedFS of tests/fixtures/s3.py (over HTTPS).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import pytest
 from watcher.backends.base import Backend, ObjectInfo, temp_name
 from watcher.backends.local import LocalBackend
 from watcher.backends.memory import MemoryBackend
+from watcher.backends.s3 import S3Backend
 from watcher.errors import BackendConfigError, IntegrityError, NotFoundError, PermissionDeniedError
 
 pytestmark = pytest.mark.timeout(120)
 
-KINDS = ("memory", "local", "sftp", "ftp", "ftps")
+KINDS = ("memory", "local", "sftp", "ftp", "ftps", "s3")
 BAD_KEYS = ["../x", "a//b", "a/.b", "x\r\nDELE y", "", "/abs", "a/", ".hidden", "a/../b", "a/b\x00"]
 
 
@@ -87,6 +89,14 @@ def plant(kind: str, backend: Backend) -> Callable[[str, bytes], None]:
             session.storbinary(f"STOR {path}", io.BytesIO(data))
 
         return plant_ftp
+    if kind == "s3":
+        assert isinstance(backend, S3Backend)
+
+        def plant_s3(name: str, data: bytes) -> None:
+            backend._create_bucket()
+            backend._client.put_object(Bucket=backend.bucket, Key=backend._full(name), Body=data)
+
+        return plant_s3
     pytest.skip(f"a {kind} backend cannot hold a name that is not a key")
 
 
@@ -100,6 +110,8 @@ def backdate(kind: str, backend: Backend) -> Callable[[str, float], None]:
             backend.stray[name] = (backend.stray[name][0], mtime)
 
         return backdate_memory
+    if kind == "s3":
+        pytest.skip("an S3 server sets an object's time itself")
     root = Path(str(backend.root))  # type: ignore[attr-defined]
 
     def backdate_file(name: str, mtime: float) -> None:
@@ -114,8 +126,8 @@ def backdate(kind: str, backend: Backend) -> Callable[[str, float], None]:
 def link(kind: str, backend: Backend, request: pytest.FixtureRequest) -> Callable[[str, str], None]:
     """Makes `name` a symbolic link to `target` on the server's disk: what a hostile user with
     write access to the repository's folder (or a damaged disk) leaves."""
-    if kind == "memory":
-        pytest.skip("a memory backend holds no links")
+    if kind in ("memory", "s3"):
+        pytest.skip(f"a {kind} backend holds no links")
     if kind == "sftp":
 
         def link_sftp(name: str, target: str) -> None:
@@ -412,3 +424,6 @@ def test_describe_has_no_password(kind: str, backend: Backend, request: pytest.F
         server = request.getfixturevalue({"sftp": "sshd_server"}.get(kind, f"{kind}_server"))
         assert server.password not in description
         assert server.password not in repr(backend)
+    if kind == "s3":
+        secret = request.getfixturevalue("s3_server").secret
+        assert secret not in description and secret not in repr(backend)

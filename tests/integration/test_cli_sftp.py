@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,8 +50,10 @@ def run(capsys, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_every_command_over_sftp(sshd_server, source, tmp_path, capsys):
-    env = sftp_env(sshd_server, source, tmp_path)
+def exercise_commands(capsys, env: dict[str, str], source: Path, tmp_path: Path) -> list[dict[str, object]]:
+    """backup, a change, backup again, then snapshots, ls, diff, restore (all and one path) and
+    check, each as a user runs it; returns the two snapshots as `snapshots --json` lists them.
+    Shared by the every-command tests of each server kind."""
     code, out, err = run(capsys, ["backup"], env)
     assert code == 0, err
     first = out.split()[1]
@@ -73,6 +76,12 @@ def test_every_command_over_sftp(sshd_server, source, tmp_path, capsys):
     assert code == 0 and (tmp_path / "one" / str(source).lstrip("/") / "many/f7.txt").read_text() == "small file 7"
     code, out, _ = run(capsys, ["check", "--read-data"], env)
     assert code == 0 and "repository sound" in out
+    return listed
+
+
+def test_every_command_over_sftp(sshd_server, source, tmp_path, capsys):
+    env = sftp_env(sshd_server, source, tmp_path)
+    exercise_commands(capsys, env, source, tmp_path)
     code, out, _ = run(capsys, ["doctor"], env)
     assert code == 0 and "ok   target: sftp://" in out
 
@@ -150,10 +159,17 @@ def test_kill_9_during_an_sftp_backup(sshd_server, tmp_path, moment, capsys):
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=30)
+    assert_recovers(capsys, env, source, tmp_path)
+
+
+def assert_recovers(capsys, env: dict[str, str], source: Path, tmp_path: Path) -> None:
+    """After a backup killed with SIGKILL: `check` passes, at most the whole snapshot is there, the
+    next backup completes and restores byte for byte."""
     code, out, _ = run(capsys, ["check", "--read-data"], env)
     assert code == 0, out
     assert len(json.loads(run(capsys, ["snapshots", "--json"], env)[1])) <= 1
     assert run(capsys, ["backup"], env)[0] == 0
+    assert run(capsys, ["check", "--read-data"], env)[0] == 0
     assert run(capsys, ["restore", "latest", "--to", str(tmp_path / "out")], env)[0] == 0
     assert describe_tree(tmp_path / "out" / str(source).lstrip("/")) == describe_tree(source)
 
@@ -165,20 +181,26 @@ def test_daemon_survives_the_server_going_away(sshd_server, source, tmp_path):
     daemon = DaemonProcess(env, tmp_path / "daemon.log").start()
     try:
         daemon.wait_for_output("saved")
-        sshd_server.stop()
-        try:
-            (source / "during-outage-1.txt").write_text("one")
-            (source / "docs/a.txt").write_text("changed during the outage")
-            daemon.wait_for_output("run failed", timeout=60)
-            (source / "during-outage-2.txt").write_text("two")
-            time.sleep(1)
-        finally:
-            sshd_server.start()
-        expected = {f"{source}/during-outage-1.txt", f"{source}/during-outage-2.txt"}
-        wait_until(lambda: expected <= snapshot_paths(env), 90, "every change made during the outage")
-        assert daemon.stop() == 0
+        outage(daemon, sshd_server, env, source, tmp_path)
     finally:
         daemon.kill()
+
+
+def outage(daemon: DaemonProcess, server: Any, env: dict[str, str], source: Path, tmp_path: Path) -> None:
+    """Take `server` away under a running daemon, change files, bring it back: every change made during
+    the outage reaches a snapshot, the daemon stops cleanly, and the latest snapshot restores."""
+    server.stop()
+    try:
+        (source / "during-outage-1.txt").write_text("one")
+        (source / "docs/a.txt").write_text("changed during the outage")
+        daemon.wait_for_output("run failed", timeout=60)
+        (source / "during-outage-2.txt").write_text("two")
+        time.sleep(1)
+    finally:
+        server.start()
+    expected = {f"{source}/during-outage-1.txt", f"{source}/during-outage-2.txt"}
+    wait_until(lambda: expected <= snapshot_paths(env), 90, "every change made during the outage")
+    assert daemon.stop() == 0
     restore = subprocess.run([sys.executable, "-m", "watcher", "restore", "latest", "--to", str(tmp_path / "out")],
                              env=env, capture_output=True, text=True, timeout=120)
     assert restore.returncode == 0

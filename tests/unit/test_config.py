@@ -78,6 +78,17 @@ BAD_CONFIG = [
     case({"BACKUP_TARGET": "ftp://user@host/srv/./x"}, "BACKUP_TARGET", "target-dot"),
     case({"BACKUP_TARGET": "file:///srv/backups?x=1"}, "BACKUP_TARGET", "target-query"),
     case({"BACKUP_TARGET": "sftp://user@host/srv#frag"}, "BACKUP_TARGET", "target-fragment"),
+    case({"BACKUP_TARGET": "s3://host/bucket", "BACKUP_TARGET_PASSWORD": "x"}, "BACKUP_TARGET", "target-s3-no-key-id"),
+    case({"BACKUP_TARGET": "s3://KEY@host/", "BACKUP_TARGET_PASSWORD": "x"}, "BACKUP_TARGET", "target-s3-no-bucket"),
+    case({"BACKUP_TARGET": "s3://KEY@host/Bad_Bucket", "BACKUP_TARGET_PASSWORD": "x"}, "BACKUP_TARGET",
+         "target-s3-bad-bucket"),
+    case({"BACKUP_TARGET": "s3://KEY@host/ab", "BACKUP_TARGET_PASSWORD": "x"}, "BACKUP_TARGET",
+         "target-s3-short-bucket"),
+    case({"BACKUP_TARGET": "s3://KEY@host/bucket/../x", "BACKUP_TARGET_PASSWORD": "x"}, "BACKUP_TARGET",
+         "target-s3-dotdot"),
+    case({"BACKUP_TARGET": "s3://KEY@host/bucket"}, "BACKUP_TARGET_PASSWORD", "target-s3-no-secret"),
+    case({"BACKUP_TARGET": "s3+http://KEY@host/bucket", "BACKUP_TARGET_PASSWORD": "x", "AWS_REGION": "Mars 1"},
+         "AWS_REGION", "s3-region"),
     # numbers
     case({"BACKUP_DEBOUNCE_SECONDS": "soon"}, "BACKUP_DEBOUNCE_SECONDS", "debounce-not-a-number"),
     case({"BACKUP_DEBOUNCE_SECONDS": "-1"}, "BACKUP_DEBOUNCE_SECONDS", "debounce-negative"),
@@ -195,6 +206,11 @@ BAD_CONFIG = [
          "BACKUP_TARGET_2_SSH_KEY", "targets-ssh-key-of-a-file-target"),
     case({"BACKUP_TARGET_2": "ftp://bob@host/x", "BACKUP_TARGET_2_TLS_CA_FILE": "{secret}"},
          "BACKUP_TARGET_2_TLS_CA_FILE", "targets-ca-file-of-plain-ftp"),
+    case({"BACKUP_TARGET_2": "s3+http://KEY@host/bucket", "BACKUP_TARGET_2_PASSWORD": "x",
+          "BACKUP_TARGET_2_TLS_CA_FILE": "{secret}"}, "BACKUP_TARGET_2_TLS_CA_FILE", "targets-ca-file-of-plain-s3"),
+    case({"BACKUP_TARGET_2": "s3://KEY@host/bucket/x", "BACKUP_TARGET_2_PASSWORD": "x",
+          "BACKUP_TARGET_3": "s3+http://OTHER@host:443/bucket/x", "BACKUP_TARGET_3_PASSWORD": "y"},
+         "BACKUP_TARGET_3", "targets-duplicate-s3"),
 ]
 
 
@@ -383,6 +399,42 @@ def test_targets_are_parsed(raw, expected):
 )
 def test_target_describe(raw, described):
     assert load_settings({"BACKUP_TARGET": raw}).target.describe() == described
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("s3://KEY@s3.example.org/bucket", Target("s3", "/bucket", "s3.example.org", 443, "KEY", "secret")),
+        ("s3://KEY@host:9000/my.bucket/a//b/", Target("s3", "/my.bucket/a/b", "host", 9000, "KEY", "secret")),
+        ("s3+http://KEY@127.0.0.1:8333/backups", Target("s3+http", "/backups", "127.0.0.1", 8333, "KEY", "secret")),
+        ("s3+http://KEY@host/backups", Target("s3+http", "/backups", "host", 80, "KEY", "secret")),
+    ],
+)
+def test_s3_targets_are_parsed(raw, expected):
+    target = load_settings({"BACKUP_TARGET": raw, "BACKUP_TARGET_PASSWORD": "secret"}).target
+    assert target == expected
+    assert target.describe() == raw.replace(":443/", "/").replace("//b/", "/b").rstrip("/")
+
+
+def test_s3_credentials_and_region_from_the_aws_variables():
+    settings = load_settings({"BACKUP_TARGET": "s3://s3.example.org/bucket/prefix", "AWS_ACCESS_KEY_ID": "AKIA1",
+                              "AWS_SECRET_ACCESS_KEY": PASSWORD, "AWS_DEFAULT_REGION": "eu-west-3"})
+    assert settings.target.user == "AKIA1" and settings.target.password == PASSWORD
+    assert settings.s3_region == "eu-west-3" and PASSWORD in settings.secrets()
+    assert PASSWORD not in repr(settings) and PASSWORD not in settings.target.describe()
+    both = {"BACKUP_TARGET": "s3://KEY@h/bucket", "BACKUP_TARGET_PASSWORD": "mine", "AWS_SECRET_ACCESS_KEY": "aws",
+            "AWS_REGION": "us-west-2", "AWS_DEFAULT_REGION": "eu-west-3"}
+    settings = load_settings(both)
+    assert settings.target.password == "mine" and settings.target.user == "KEY" and settings.s3_region == "us-west-2"
+    assert load_settings({"BACKUP_TARGET": "s3://KEY@h/bucket", "BACKUP_TARGET_PASSWORD": "x"}).s3_region == "us-east-1"
+
+
+def test_s3_target_takes_its_own_ca_file(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    settings = load_settings({"BACKUP_TARGET": "file:///srv/one", "BACKUP_TARGET_2": "s3://KEY@h/bucket",
+                              "BACKUP_TARGET_2_PASSWORD": "x", "BACKUP_TARGET_2_TLS_CA_FILE": str(ca)})
+    assert settings.targets[1].tls_ca_file == ca
 
 
 def test_password_inside_the_url_is_taken_and_never_shown():
@@ -649,12 +701,14 @@ class _Recording(dict):
 
 
 def test_env_example_documents_every_variable_the_code_reads(paths):
-    env = _Recording({**base_env(paths), **{f"BACKUP_TARGET_{n}": f"file:///srv/b{n}" for n in range(2, 10)}})
+    env = _Recording({**base_env(paths), **{f"BACKUP_TARGET_{n}": f"file:///srv/b{n}" for n in range(2, 9)},
+                      "BACKUP_TARGET_9": "s3://s3.example.org/bucket", "AWS_ACCESS_KEY_ID": "KEY",
+                      "AWS_SECRET_ACCESS_KEY": "secret"})
     load_settings(env, need_sources=True)
     example = (Path(__file__).parents[2] / "env.example").read_text()
     documented = set(re.findall(r"\b[A-Z][A-Z0-9_]+\b", example))
     read = {re.sub(r"^BACKUP_TARGET_[3-9]", "BACKUP_TARGET_2", name) for name in env.asked
-            if name.startswith(("BACKUP_", "SMTP_", "MAIL_"))}
+            if name.startswith(("BACKUP_", "SMTP_", "MAIL_", "AWS_"))}
     assert len(read) > 30
     assert read - documented == set()
     assert {"BACKUP_TARGET_2_PASSWORD_FILE", "BACKUP_TARGET_9"} <= documented

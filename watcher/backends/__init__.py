@@ -42,4 +42,19 @@ def create_backend(settings: Settings, target: Target | None = None) -> Backend:
             tls_ca_file=str(target.tls_ca_file) if target.tls_ca_file else None,
             tls_verify=settings.tls_verify,
         )
+    if target.scheme in ("s3", "s3+http"):
+        from watcher.backends.s3 import S3Backend
+
+        bucket, _, prefix = target.path.lstrip("/").partition("/")
+        return S3Backend(
+            host=target.host,
+            bucket=bucket,
+            prefix=prefix,
+            port=target.port,
+            key_id=target.user,
+            secret=target.password,
+            tls=target.scheme == "s3",
+            ca_file=target.tls_ca_file,
+            region=settings.s3_region,
+        )
     raise BackendConfigError(f"unknown target scheme {target.scheme}://")
