@@ -1,5 +1,9 @@
 """`forget`: apply the retention policy, then remove the data no remaining snapshot needs.
 
+Every step that removes something first confirms this process's lock lease (`locks.Lease`): once
+the lock has gone unrefreshed long enough that another host may have taken it for stale, a backup
+may be running that this `forget` cannot see, so it stops (transient) and the next one starts afresh.
+
 Packs of which a large part is no longer needed are repacked: their needed blobs are copied
 into new packs. The order keeps the repository sound at every instant: forgotten snapshot files
 go first; new packs are uploaded and indexed; then one index naming only the packs that stay is
@@ -150,7 +154,7 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
 
     `protected`: the snapshots the calling run just saved, kept whatever their time says.
     """
-    with locked(repository, exclusive=not dry_run):
+    with locked(repository, exclusive=not dry_run) as lease:
         repository.load_index()  # under the lock: packs indexed by a backup that ended meanwhile are needed
         decisions = decide(repository.list_snapshots(), policy, protected=protected)
         result = ForgetResult(decisions, dry_run, unreadable=sorted(repository.unreadable))
@@ -170,6 +174,7 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
         result.kept_packs = len(stored) - len(doomed) - len(repack)
         if dry_run:
             return result
+        lease.confirm()
         _forget_snapshots(repository, decisions)
         if not doomed and not repack:
             return result
@@ -183,8 +188,10 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
         written = repository.commit_index(survivors) if survivors else set()
         # A new index may have the very id of an old one (same content): never delete that one.
         for index_id in sorted((old_indexes | set(repository.indexes)) - written):
+            lease.confirm()
             repository.backend.delete(f"index/{index_id}")
         for pack in sorted(gone):
+            lease.confirm()  # each time: no deletion once our lock may have been taken for stale
             repository.backend.delete(pack_key(pack))
         log.info("removed %d packs, repacked %d into %d, about %d bytes freed", len(doomed), len(repack),
                  len(new_packs), result.freed_bytes)
