@@ -193,3 +193,34 @@ def test_the_refresh_thread_keeps_the_lease(tmp_path, clock, monkeypatch):
             time.sleep(0.01)
         lease.confirm()  # two waits of nearly a lease each, bridged by refreshes: never expired
 
+
+def blob_rows(repository: Repository) -> dict[str, int]:
+    """How many packs hold each blob, by the index as stored."""
+    repository.load_index()
+    rows: dict[str, int] = {}
+    for entries in repository.pack_blobs.values():
+        for entry in entries:
+            rows[entry.id] = rows.get(entry.id, 0) + 1
+    return rows
+
+
+def test_forget_keeps_one_copy_of_what_hosts_uploaded_at_the_same_time(tmp_path):
+    """Two hosts start from the same index and back up the same new files: both upload them. The
+    next `forget` keeps one copy and every snapshot still restores."""
+    backend = MemoryBackend()
+    shared = {"shared/big.bin": bytes(range(256)) * 4000, "shared/note.txt": "the same on every machine"}
+    hosts = []
+    for name in ("a", "b"):
+        source = make_tree(tmp_path / name, {**shared, f"own/{name}.txt": f"only on {name}"})
+        hosts.append((open_repository(backend, tmp_path / f"state-{name}"), source, name))
+    for repository, _, _ in hosts:
+        repository.load_index()  # both before either has saved anything
+    for repository, source, name in hosts:
+        backup(repository, source, host=name)
+    checker = open_repository(backend, tmp_path / "state-checker")
+    assert max(blob_rows(checker).values()) == 2  # each host stored the shared content
+    result = prune.run_forget(checker, Retention())
+    assert result.removed_snapshots == 0 and result.repacked_packs + result.deleted_packs >= 1
+    assert set(blob_rows(checker).values()) == {1}
+    check = run_check(open_repository(backend, tmp_path / "fresh"), read_data=True)
+    assert check.sound and check.snapshots == 2, check.problems
