@@ -862,6 +862,11 @@ class Repository:
             self.backend.put_bytes(f"snapshots/{snapshot.id}", data)
         self.cache.put_snapshot(snapshot.id, data)
 
+    def forget_snapshot(self, snapshot_id: str) -> None:
+        """Take back a snapshot just saved that names data found gone (the cache drops it at the next listing)."""
+        with self.lock:
+            self.backend.delete(f"snapshots/{snapshot_id}")
+
     # -- this host's last snapshot, recorded in the local state ---------------------------------
 
     def _record_path(self) -> Path | None:
