@@ -161,12 +161,14 @@ class KdfParams:
 
 def tuned_params(seconds: float = KDF_SECONDS) -> KdfParams:
     """scrypt parameters costing about `seconds` here: 64 MiB, p raised to fill the time (measured
-    once, at `init` or `key add`; readers use the stored ones). The measure is a quarter of one unit
-    (n/4: scrypt's time is linear in n), the better of two, so that tuning costs a fraction of what
-    the derivation it tunes does."""
+    once, at `init` or `key add`; readers use the stored ones). The measure is half a unit (n/2:
+    scrypt's time is linear in n), so that tuning costs a fraction of what the derivation it tunes
+    does; not less, for its 32 MiB to stay above what glibc's malloc ever serves from its heaps
+    (smaller, freed, it would raise malloc's mmap threshold, and a backup's chunk buffers would then
+    stay in the process's memory after use)."""
     n = SCRYPT_N
     while True:
-        spent = min(_seconds(KdfParams(n // 4, SCRYPT_R, 1)) for _ in range(2)) * 4
+        spent = _seconds(KdfParams(n // 2, SCRYPT_R, 1)) * 2
         if spent <= seconds or n <= 1 << 14:
             break
         n //= 2  # a slow machine: less memory rather than seconds of waiting
