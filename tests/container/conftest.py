@@ -17,6 +17,7 @@ variable `CI` set they fail instead, so a CI run cannot pass by skipping them.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -171,8 +172,13 @@ class Stack:
         built.rename(self.data / name)
         return f"/data/{name}"
 
-    def remove(self, folder: str) -> None:
+    def remove(self, folder: str, timeout: float = 60.0) -> None:
+        """Delete `folder` from data/ and wait until every target's latest snapshot is without it, so
+        that the run this deletion starts is over before the next test looks for a run of its own."""
         shutil.rmtree(self.data / PurePosixPath(folder).relative_to("/data"), ignore_errors=True)
+        for target in TARGETS:
+            gone = functools.partial(lambda number: self.listed(number, folder) is None, target)
+            wait_for(gone, timeout, f"a snapshot on target {target} without {folder}", explain=self.recent)
 
     def listed(self, target: int, folder: str, snapshot: str = "latest") -> list[dict[str, Any]] | None:
         """`watcher ls SNAPSHOT FOLDER --json --target N`; None while the folder is not in it."""
