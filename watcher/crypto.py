@@ -161,16 +161,24 @@ class KdfParams:
 
 def tuned_params(seconds: float = KDF_SECONDS) -> KdfParams:
     """scrypt parameters costing about `seconds` here: 64 MiB, p raised to fill the time (measured
-    once, at `init` or `key add`; readers use the stored ones)."""
+    once, at `init` or `key add`; readers use the stored ones). The measure is half a unit (n/2:
+    scrypt's time is linear in n), so that tuning costs a fraction of what the derivation it tunes
+    does; not less, for its 32 MiB to stay above what glibc's malloc ever serves from its heaps
+    (smaller, freed, it would raise malloc's mmap threshold, and a backup's chunk buffers would then
+    stay in the process's memory after use)."""
     n = SCRYPT_N
     while True:
-        started = time.perf_counter()
-        KdfParams(n, SCRYPT_R, 1).derive("calibration", bytes(SALT_SIZE))
-        spent = time.perf_counter() - started
+        spent = _seconds(KdfParams(n // 2, SCRYPT_R, 1)) * 2
         if spent <= seconds or n <= 1 << 14:
             break
         n //= 2  # a slow machine: less memory rather than seconds of waiting
     return KdfParams(n, SCRYPT_R, max(P_RANGE[0], min(16, round(seconds / max(spent, 1e-3)))))
+
+
+def _seconds(params: KdfParams) -> float:
+    started = time.perf_counter()
+    params.derive("calibration", bytes(SALT_SIZE))
+    return time.perf_counter() - started
 
 
 def _b64(data: bytes) -> str:

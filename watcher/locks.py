@@ -18,6 +18,13 @@ Another process judges the holder, most certain way first:
    kernel reuses a dead PID namespace's number), and its pid exists only because it is ours;
 3. otherwise only the age of the last refresh decides (see docs/FORMAT.md on clocks).
 A holder proven dead (1 or 2) has its lock removed; one judged by age is only ignored.
+
+Rule 3 compares another host's clock with ours, and a live holder whose refreshes did not get
+through (its machine asleep, its link down, the process stopped) ages like a dead one. So a holder
+does not trust its lock blindly: its `Lease` measures, on its own clock, the gaps between the
+refreshes that got through. Only while none exceeded LEASE_SECONDS (half of STALE_SECONDS: the other
+half is for clocks that differ, and for the last step) may it do what a stale judgement would make
+unsafe: a backup save its snapshot, a `forget` delete data.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +53,13 @@ log = logging.getLogger(__name__)
 STALE_SECONDS = 30 * 60
 PID_MAX = 2**31 - 1
 REFRESH_SECONDS = 5 * 60
+# A refresh that failed is tried again this soon, not a whole REFRESH_SECONDS later.
+REFRESH_RETRY_SECONDS = 30
+# The longest a holder goes without a refresh that got through and still trusts its lock. A judge
+# takes a lock for stale when its `time` is STALE_SECONDS old by the judge's clock: with every gap
+# below LEASE_SECONDS, that needs the judge's clock more than STALE_SECONDS - LEASE_SECONDS (15
+# minutes, less the last step's few seconds) ahead of the holder's.
+LEASE_SECONDS = 15 * 60
 _HOLDER_ID = re.compile(r"[0-9a-f]{32}")
 
 # The keys of the locks this process holds: from before each is written until after it is deleted.
@@ -55,6 +69,64 @@ _held_keys_lock = threading.Lock()
 
 class RepositoryLockedError(RepositoryError, TransientError):
     """Another process holds a conflicting lock; trying again later may succeed."""
+
+
+class LockExpiredError(RepositoryError, TransientError):
+    """This process's lock went unrefreshed so long that another host may have taken it for stale."""
+
+
+def _boottime() -> float:
+    """Seconds on a clock that no one sets and that counts a suspended machine's sleep (Linux's
+    CLOCK_BOOTTIME; CLOCK_MONOTONIC stops during suspend, and a laptop that slept an hour in the
+    middle of a backup must see that hour)."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
+
+
+# This process's clock for lease gaps; tests replace it with a fake one.
+lease_clock: Callable[[], float] = _boottime
+
+
+class Lease:
+    """Whether this process's lock has been refreshed without a long gap since it was taken.
+
+    `written` is this process's clock when the document last stored was made (its `time` was
+    taken then); `longest_gap` the longest wait between two such documents."""
+
+    def __init__(self, write: Callable[[], None]) -> None:
+        self._write = write
+        self._guard = threading.Lock()
+        self.written: float | None = None
+        self.longest_gap = 0.0
+
+    def stamp(self, made: float) -> None:
+        """A document made at `made` (this process's clock) got stored."""
+        with self._guard:
+            if self.written is not None:
+                self.longest_gap = max(self.longest_gap, made - self.written)
+            self.written = made if self.written is None else max(self.written, made)
+
+    def gap(self) -> float:
+        """The longest wait without a stored refresh, counting the one still going on."""
+        with self._guard:
+            if self.written is None:
+                return float("inf")
+            return max(self.longest_gap, lease_clock() - self.written)
+
+    def confirm(self) -> None:
+        """Raise LockExpiredError unless every gap so far stayed within LEASE_SECONDS (no I/O)."""
+        gap = self.gap()
+        if gap > LEASE_SECONDS:
+            raise LockExpiredError(
+                f"the repository lock went {gap / 60:.0f} minutes without a refresh (this machine asleep, "
+                f"the target out of reach): another host may have taken it for stale and removed data, so "
+                "this step is not taken; the next attempt starts afresh")
+
+    def renew(self) -> None:
+        """Store a fresh refresh now, then `confirm`: the step that follows has a whole lease ahead."""
+        self._write()
+        self.confirm()
 
 
 def this_kernel() -> tuple[str, str]:
@@ -215,8 +287,11 @@ def _remove_dead(repository: Repository, lock: LockInfo) -> None:
 
 
 @contextlib.contextmanager
-def locked(repository: Repository, *, exclusive: bool) -> Iterator[None]:
-    """Hold a lock on the repository; raise RepositoryLockedError if another holder conflicts."""
+def locked(repository: Repository, *, exclusive: bool) -> Iterator[Lease]:
+    """Hold a lock on the repository; raise RepositoryLockedError if another holder conflicts.
+
+    Yields the `Lease`: a holder confirms it before a step that is unsafe should its lock have been
+    taken for stale meanwhile."""
     host = socket.gethostname()
     name = re.sub(r"[^A-Za-z0-9._-]", "-", host)[:60] or "host"
     key = f"locks/{name}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -224,10 +299,14 @@ def locked(repository: Repository, *, exclusive: bool) -> Iterator[None]:
     boot_id, pid_namespace = this_kernel()
 
     def write() -> None:
+        made = lease_clock()
         document = {"host": host, "pid": os.getpid(), "time": time.time(), "exclusive": exclusive,
                     "holder": holder.id, "boot_id": boot_id, "pid_namespace": pid_namespace}
         with repository.lock:
             repository.backend.put_bytes(key, json.dumps(document).encode())
+        lease.stamp(made)
+
+    lease = Lease(write)
 
     stop = threading.Event()
     refresher: threading.Thread | None = None
@@ -247,15 +326,18 @@ def locked(repository: Repository, *, exclusive: bool) -> Iterator[None]:
                 raise RepositoryLockedError(f"the repository is in use by {other.describe()}")
 
         def refresh() -> None:
-            while not stop.wait(REFRESH_SECONDS):
+            wait = REFRESH_SECONDS
+            while not stop.wait(wait):
                 try:
                     write()
+                    wait = REFRESH_SECONDS
                 except WatcherError as error:
                     log.warning("cannot refresh the repository lock: %s", error)
+                    wait = REFRESH_RETRY_SECONDS
 
         refresher = threading.Thread(target=refresh, name="lock-refresh", daemon=True)
         refresher.start()
-        yield
+        yield lease
     finally:
         stop.set()
         if refresher is not None:

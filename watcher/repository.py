@@ -242,6 +242,7 @@ class Repository:
         self.lock = threading.RLock()
         self.temporaries_swept: float | None = None  # when `forget` last looked for left-over uploads
         self._early: tuple[str, str, threading.Thread, dict[str, crypto.MasterKey | None]] | None = None
+        self._prepared: tuple[threading.Thread, list[tuple[str, crypto.MasterKey, bytes]]] | None = None
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -361,19 +362,18 @@ class Repository:
         """A new repository (`_check_creation` allowed it): encrypted when a password is given and
         encryption is not `none`, otherwise plain (format 1)."""
         protection, where = self.protection, self.backend.describe()
-        repository_id = os.urandom(16).hex()
         if protection.password and protection.encryption != "none":
             if pack_size < PACK_SIZE_MIN_ENCRYPTED:
                 raise RepositoryError(f"an encrypted repository's packs are at least {PACK_SIZE_MIN_ENCRYPTED} bytes")
-            master = crypto.MasterKey.generate()
+            repository_id, master, key_file = self._take_prepared()
             config = RepoConfig(repository_id, ChunkerParams(), pack_size, "zstd", ENCRYPTION, FORMAT_ENCRYPTED)
             self.config = replace(config, mac=master.config_mac(config.authenticated()))
-            self._use(master, self._put_key(master, protection.password))
+            self._use(master, self._put_key(master, protection.password, data=key_file))
             self.backend.put_bytes("config", self.config.encode())  # last: a repository exists once it has a config
             log.info("created a new encrypted repository at %s (keep BACKUP_REPOSITORY_PASSWORD safe: without it "
                      "the backups cannot be read)", where)
             return
-        self.config = RepoConfig(repository_id, ChunkerParams(), pack_size)
+        self.config = RepoConfig(os.urandom(16).hex(), ChunkerParams(), pack_size)
         self.backend.put_bytes("config", self.config.encode())
         marker = self._target_file(".encrypted")
         if marker is not None and marker.exists():
@@ -419,10 +419,12 @@ class Repository:
             return None
         return self.state_dir / "targets" / f"{digest(self.backend.describe().encode())[:32]}{suffix}"
 
-    def _put_key(self, master: crypto.MasterKey, password: str, *, remember: bool = False) -> str:
-        """Write a key file; `remember`: it is the one this target opens with from now on (`_key_record`)."""
+    def _put_key(self, master: crypto.MasterKey, password: str, *, remember: bool = False,
+                 data: bytes | None = None) -> str:
+        """Write a key file (`data`, made ahead, or made now); `remember`: it is the one this target
+        opens with from now on (`_key_record`)."""
         assert self.config is not None
-        data = crypto.wrap_key(master, self.config.id, password, crypto.tuned_params())
+        data = data or crypto.wrap_key(master, self.config.id, password, crypto.tuned_params())
         key_id = digest(data)
         self.backend.put_bytes(f"keys/{key_id}", data)
         _UNLOCKED[_unlocked_key(self.config.id, password)] = (key_id, master)
@@ -450,10 +452,16 @@ class Repository:
         except OSError as error:
             log.debug("cannot keep a copy of the key file in %s: %s", path, error.strerror or error)
 
-    def start_unlock(self) -> None:
-        """Start unwrapping the key this target was last opened with (see `_key_record`), if any."""
+    def start_unlock(self, *, create: bool = False) -> None:
+        """Start unwrapping the key this target was last opened with (see `_key_record`), if any; or,
+        when `create` may have to make an encrypted repository at a target this machine never opened,
+        start making its key (`_prepare_key`)."""
         password, path = self.protection.password, self._key_record()
-        if not password or path is None or not path.exists():
+        if not password or path is None:
+            return
+        if not path.exists():
+            if create and self.protection.encryption != "none":
+                self._prepare_key(password)
             return
         try:
             record = fields.mapping(fields.load_json(path.read_bytes()), "key record")
@@ -476,6 +484,33 @@ class Repository:
         thread = threading.Thread(target=unwrap, name="key-unwrap", daemon=True)
         thread.start()
         self._early = (repository_id, key_id, thread, result)
+
+    def _prepare_key(self, password: str) -> None:
+        """A new repository's id, master keys and key file, made in a thread beside connecting: tuning
+        and running scrypt cost most of a second, which a first backup would otherwise wait for. Used
+        by `_create` if the target turns out to hold no repository; otherwise dropped."""
+        made: list[tuple[str, crypto.MasterKey, bytes]] = []
+
+        def prepare() -> None:
+            try:
+                repository_id, master = os.urandom(16).hex(), crypto.MasterKey.generate()
+                made.append((repository_id, master, crypto.wrap_key(master, repository_id, password,
+                                                                    crypto.tuned_params())))
+            except Exception as error:  # only a head start: _create makes the key itself, and says why
+                log.debug("making the new repository's key ahead failed: %s", error)
+
+        thread = threading.Thread(target=prepare, name="key-prepare", daemon=True)
+        thread.start()
+        self._prepared = (thread, made)
+
+    def _take_prepared(self) -> tuple[str, crypto.MasterKey, bytes | None]:
+        """What `_prepare_key` made (waiting for it), or a new id and master keys with no key file yet."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared[0].join()
+            if prepared[1]:
+                return prepared[1][0]
+        return os.urandom(16).hex(), crypto.MasterKey.generate(), None
 
     def _recorded_key_id(self) -> str | None:
         path = self._key_record()
@@ -826,6 +861,11 @@ class Repository:
         with self.lock:
             self.backend.put_bytes(f"snapshots/{snapshot.id}", data)
         self.cache.put_snapshot(snapshot.id, data)
+
+    def forget_snapshot(self, snapshot_id: str) -> None:
+        """Take back a snapshot just saved that names data found gone (the cache drops it at the next listing)."""
+        with self.lock:
+            self.backend.delete(f"snapshots/{snapshot_id}")
 
     # -- this host's last snapshot, recorded in the local state ---------------------------------
 

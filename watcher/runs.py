@@ -39,7 +39,7 @@ def open_repository(settings: Settings, target: Target | None = None, *, create:
                             server=chosen is not None and chosen.scheme != "file")
     repository = Repository(backend, settings.state_dir, protection)
     try:
-        repository.start_unlock()  # scrypt in a thread, beside connecting, when this target was opened before
+        repository.start_unlock(create=create)  # scrypt in a thread, beside connecting
         backend.open()
         repository.open(create=create, exclusive=lambda: locked(repository, exclusive=True))
         repository.load_index()
@@ -90,9 +90,9 @@ def backup_into(repository: Repository, settings: Settings, *, progress: Progres
     """Back up into an open repository (the daemon keeps one open between runs), then apply retention."""
     options = BackupOptions(settings.sources, settings.exclude, settings.host, never_back_up(settings),
                             real_sources(settings))
-    with locked(repository, exclusive=False):
+    with locked(repository, exclusive=False) as lease:
         repository.load_index()  # under the lock: a `forget` that ran before it is seen, none runs during it
-        result = run_backup(repository, options, progress, stop, changed)
+        result = run_backup(repository, options, progress, stop, changed, lease=lease)
     if result.snapshot is not None and settings.retention.is_set():
         lost = result.snapshot.incomplete.sources
         if lost:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import backup, describe_tree, make_tree, open_repository
+from watcher import locks
 from watcher.actions import prune
 from watcher.actions.check import run_check
 from watcher.actions.restore import run_restore
@@ -35,9 +36,11 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 
 def forget_ignoring_locks(backend: Backend, state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another host's `forget` that takes the running backup's lock for stale."""
+    """Another host's `forget` that takes the running backup's lock for stale (its own lease intact)."""
+    lease = locks.Lease(lambda: None)
+    lease.stamp(locks.lease_clock())
     with monkeypatch.context() as patch:
-        patch.setattr(prune, "locked", lambda repository, exclusive: contextlib.nullcontext())
+        patch.setattr(prune, "locked", lambda repository, exclusive: contextlib.nullcontext(lease))
         result = prune.run_forget(open_repository(backend, state), Retention(last=1))
     assert result.deleted_packs + result.repacked_packs >= 1  # it did remove what the backup uploaded
 

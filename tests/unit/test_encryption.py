@@ -531,3 +531,27 @@ def test_doctor_says_whether_a_repository_is_encrypted_and_whether_a_server_one_
     assert creation(load_settings({**plain, "BACKUP_TARGET": "sftp://u@example.org/srv", "BACKUP_ENCRYPTION": "none"}),
                     server.target) == (True, "the first backup creates it, not encrypted")
     assert creation(load_settings(run.env), server.target) == (True, "the first backup creates it, encrypted")
+
+
+def test_a_first_backup_makes_the_new_repositorys_key_beside_connecting(setup, monkeypatch):
+    """scrypt's tuning and derivation run in a thread from before the target is reached; a key made so
+    for a target that turns out to hold a repository is dropped, never written."""
+    tmp, _src, run = setup
+    threads = []
+    real = crypto.wrap_key
+
+    def wrap_key(*args):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(crypto, "wrap_key", wrap_key)
+    run.ok("backup")
+    assert threads == ["key-prepare"]
+    (key,) = files_below(tmp / "repo" / "keys")
+    threads.clear()
+    repository._UNLOCKED.clear()
+    run.env["BACKUP_STATE_DIR"] = f"{tmp}/another-machine"
+    run.ok("backup")
+    assert threads == ["key-prepare"] and files_below(tmp / "repo" / "keys") == [key]

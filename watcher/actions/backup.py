@@ -14,6 +14,7 @@ follows the size of the change, not the size of the tree.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -26,7 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from watcher.errors import IntegrityError, InterruptedRunError, NotFoundError
-from watcher.repository import BlobWriter, Repository
+from watcher.locks import Lease, LockExpiredError
+from watcher.repository import BlobWriter, PacksRemovedError, Repository
 from watcher.scan import (
     DIR_FLAGS,
     ChangedWhileReading,
@@ -556,11 +558,13 @@ def run_backup(
     stop: threading.Event | None = None,
     changed: Iterable[str] | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    lease: Lease | None = None,
 ) -> BackupResult:
     """Back up `options.sources` into an opened repository whose index is loaded.
 
     With `changed` (paths from events), only those paths and the folders on their way are
-    looked at; without it, or without a previous snapshot, every source is walked.
+    looked at; without it, or without a previous snapshot, every source is walked. `lease`: the
+    shared lock this run holds, whose refreshes must have had no long gap for the snapshot to be saved.
     """
     started = time.monotonic()
     moment = clock()
@@ -592,11 +596,42 @@ def run_backup(
         return BackupResult(None, summary, parent, run.warnings, changes is None)
     snapshot = Snapshot(new_snapshot_id(moment), moment, options.host, sources, root,
                         parent.id if parent else None, summary, _incomplete(run, parent))
-    repository.confirm_stored(writer)
-    repository.record_snapshot(options.host, sources, snapshot.id)
-    repository.save_snapshot(snapshot)
+    _commit(repository, writer, snapshot, options, sources, lease)
     if not run.warnings and changes is None:
         run.cache.forget_files_before(run.generation)
     run.cache.commit()
     summary = replace(summary, duration_seconds=round(time.monotonic() - started, 3))
     return BackupResult(snapshot, summary, parent, run.warnings, changes is None)
+
+
+def _commit(repository: Repository, writer: BlobWriter, snapshot: Snapshot, options: BackupOptions,
+            sources: tuple[str, ...], lease: Lease | None) -> None:
+    """Save the snapshot, only if nothing it needs can have been removed by a `forget`.
+
+    Locks keep a `forget` away while the lock is fresh; should it have gone unrefreshed for long
+    (`lease`), a `forget` elsewhere may have taken it for stale, so the run fails (after
+    `confirm_stored` has mended the index files it wrote). The lease is renewed just before, so
+    the check and the upload of the snapshot have a whole lease ahead; should even they outlast it,
+    the snapshot is checked again, and removed if a `forget` took what it names meanwhile.
+    """
+    if lease is not None:
+        try:
+            lease.renew()
+        except LockExpiredError:
+            with contextlib.suppress(PacksRemovedError):
+                repository.confirm_stored(writer)  # mend our index files if data is already gone
+            raise
+    repository.confirm_stored(writer)
+    repository.record_snapshot(options.host, sources, snapshot.id)
+    repository.save_snapshot(snapshot)
+    if lease is not None:
+        try:
+            lease.confirm()
+        except LockExpiredError:
+            try:
+                repository.confirm_stored(writer)
+            except PacksRemovedError:
+                repository.forget_snapshot(snapshot.id)
+                raise
+            log.warning("the repository lock went unrefreshed while snapshot %s was saved; all it needs is "
+                        "still stored: it stays", snapshot.id)

@@ -1,5 +1,9 @@
 """`forget`: apply the retention policy, then remove the data no remaining snapshot needs.
 
+Every step that removes something first confirms this process's lock lease (`locks.Lease`): once
+the lock has gone unrefreshed long enough that another host may have taken it for stale, a backup
+may be running that this `forget` cannot see, so it stops (transient) and the next one starts afresh.
+
 Packs of which a large part is no longer needed are repacked: their needed blobs are copied
 into new packs. The order keeps the repository sound at every instant: forgotten snapshot files
 go first; new packs are uploaded and indexed; then one index naming only the packs that stay is
@@ -77,29 +81,50 @@ def used_blobs(repository: Repository, tree_ids: list[str]) -> set[str]:
     return used
 
 
-def _plan(repository: Repository, used: set[str], stored: dict[str, int]) -> tuple[set[str], set[str]]:
-    """(packs to delete outright, packs to repack)."""
+def _owners(repository: Repository, used: set[str], stored: dict[str, int]) -> dict[str, str]:
+    """For each needed blob, the one stored pack that keeps it.
+
+    Hosts backing up the same new content at the same time each upload it (a backup sees only the
+    index as it was when it started), so a blob may sit in several packs. One copy is enough: the
+    pack that holds the most needed bytes keeps it (so whole packs stay whole), the others count it
+    as unneeded. Only packs that are listed count: an index entry for a pack that is gone keeps nothing.
+    """
+    def needed(pack: str) -> int:
+        return sum(entry.length for entry in repository.pack_blobs.get(pack, ()) if entry.id in used)
+
+    owners: dict[str, str] = {}
+    for pack in sorted(stored, key=lambda pack: (-needed(pack), pack)):
+        for entry in repository.pack_blobs.get(pack, ()):
+            if entry.id in used:
+                owners.setdefault(entry.id, pack)
+    return owners
+
+
+def _plan(repository: Repository, owners: dict[str, str], stored: dict[str, int]) -> tuple[set[str], set[str]]:
+    """(packs to delete outright, packs to repack): a pack that keeps nothing goes, one with a large
+    unneeded share or any second copy of a blob is repacked (copies are rare: concurrent backups)."""
     doomed, repack = set(), set()
     for pack in stored:
         entries = repository.pack_blobs.get(pack, [])
-        needed = sum(entry.length for entry in entries if entry.id in used)
+        needed = sum(entry.length for entry in entries if owners.get(entry.id) == pack)
         total = sum(entry.length for entry in entries)
+        copies = any(entry.id in owners and owners[entry.id] != pack for entry in entries)
         if needed == 0:
             doomed.add(pack)
-        elif total - needed >= REPACK_UNUSED_SHARE * total:
+        elif copies or total - needed >= REPACK_UNUSED_SHARE * total:
             repack.add(pack)
     return doomed, repack
 
 
-def _repack(repository: Repository, packs: set[str], used: set[str], staying: set[str]) -> set[str]:
-    """Copy the needed blobs of `packs` (that no staying pack holds) into new packs; return their ids."""
-    elsewhere = {entry.id for pack in staying for entry in repository.pack_blobs.get(pack, ())}
+def _repack(repository: Repository, packs: set[str], owners: dict[str, str]) -> set[str]:
+    """Copy the blobs that `packs` keep (`owners`) into new packs; return their ids."""
     writer = repository.writer()
     try:
         for pack in sorted(packs):
             data = repository.read_pack(pack)
             for entry in repository.pack_blobs[pack]:
-                if entry.id in used and entry.id not in elsewhere:
+                if owners.get(entry.id) == pack:
+                    owners[entry.id] = ""  # copied: a second row of it in this pack is not copied again
                     stored = data[entry.offset : entry.offset + entry.length]
                     repository.codec.decode(stored, entry)  # never copy a damaged blob silently
                     writer.add_stored(entry.id, entry.type, entry.encoding, stored)
@@ -150,7 +175,7 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
 
     `protected`: the snapshots the calling run just saved, kept whatever their time says.
     """
-    with locked(repository, exclusive=not dry_run):
+    with locked(repository, exclusive=not dry_run) as lease:
         repository.load_index()  # under the lock: packs indexed by a backup that ended meanwhile are needed
         decisions = decide(repository.list_snapshots(), policy, protected=protected)
         result = ForgetResult(decisions, dry_run, unreadable=sorted(repository.unreadable))
@@ -163,18 +188,21 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
             return result
         used = used_blobs(repository, [snapshot.tree for snapshot in kept])
         stored = {info.key.rsplit("/", 1)[1]: info.size for info in repository.backend.list("packs")}
-        doomed, repack = _plan(repository, used, stored)
+        owners = _owners(repository, used, stored)
+        doomed, repack = _plan(repository, owners, stored)
         result.deleted_packs, result.repacked_packs = len(doomed), len(repack)
         result.freed_bytes = sum(stored[pack] for pack in doomed) + sum(
-            stored[pack] - sum(e.length for e in repository.pack_blobs[pack] if e.id in used) for pack in repack)
+            stored[pack] - sum(e.length for e in repository.pack_blobs[pack] if owners.get(e.id) == pack)
+            for pack in repack)
         result.kept_packs = len(stored) - len(doomed) - len(repack)
         if dry_run:
             return result
+        lease.confirm()
         _forget_snapshots(repository, decisions)
         if not doomed and not repack:
             return result
         old_indexes = set(repository.indexes)
-        new_packs = _repack(repository, repack, used, set(stored) - doomed - repack)
+        new_packs = _repack(repository, repack, owners)
         gone = (doomed | repack) - new_packs  # a new pack may be byte for byte an old one: same id
         survivors: list[tuple[str, int, list[BlobEntry]]] = [
             (pack, repository.packs[pack], entries)
@@ -183,8 +211,10 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
         written = repository.commit_index(survivors) if survivors else set()
         # A new index may have the very id of an old one (same content): never delete that one.
         for index_id in sorted((old_indexes | set(repository.indexes)) - written):
+            lease.confirm()
             repository.backend.delete(f"index/{index_id}")
         for pack in sorted(gone):
+            lease.confirm()  # each time: no deletion once our lock may have been taken for stale
             repository.backend.delete(pack_key(pack))
         log.info("removed %d packs, repacked %d into %d, about %d bytes freed", len(doomed), len(repack),
                  len(new_packs), result.freed_bytes)
