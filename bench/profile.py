@@ -1,8 +1,8 @@
 """Profile watcher's first backup, no-change re-run and restore with py-spy, on the benchmark's set-up.
 
-    .venv/bin/python bench/profile.py [--small N] [--large N] [--large-mib N] [--target sftp|file] [--top 12]
+    .venv/bin/python bench/profile.py [--small N] [--large N] [--large-mib N] [--target sftp|file|s3] [--top 12]
 
-Same data set, sshd and settings as bench/run.py (whose code it reuses). Each operation runs under
+Same data set, sshd (or SeaweedFS) and settings as bench/run.py (whose code it reuses). Each operation runs under
 `py-spy record --idle --threads --format raw`: every thread, waiting included, so a thread blocked
 on the network or on a lock shows where wall time goes, not only CPU. The raw stacks are saved as
 bench/results/profile-<time>-<target>-<operation>.txt (flamegraph.pl and speedscope.app read them);
@@ -67,7 +67,7 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=5000)
     parser.add_argument("--large", type=int, default=3)
     parser.add_argument("--large-mib", type=int, default=64)
-    parser.add_argument("--target", choices=("sftp", "file"), default="sftp")
+    parser.add_argument("--target", choices=("sftp", "file", "s3"), default="sftp")
     parser.add_argument("--top", type=int, default=12, help="functions shown per thread (default 12)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -86,11 +86,12 @@ def main() -> int:
         data = work / "data"
         generate(data, args.small, args.large, args.large_mib)
         time.sleep(2)  # watcher does not cache files modified within a second of a run: let them age
-        with run.sshd(root) if args.target == "sftp" else contextlib.nullcontext() as server:
+        with (run.sshd(root) if args.target == "sftp" else contextlib.nullcontext() as server,
+              run.seaweedfs(root) if args.target == "s3" else contextlib.nullcontext() as store):
             if server is not None:
                 (server.scratch / work.name).mkdir()
                 os.chown(server.scratch / work.name, *run._owner(server.scratch))
-            watcher = run.Watcher(data, work, server)
+            watcher = run.Watcher(data, work, server, store=store)
             for operation in OPERATIONS:
                 command = watcher.command(operation, work / "restored")
                 assert command is not None

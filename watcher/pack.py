@@ -318,6 +318,9 @@ class PiecesReader:
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
 
 def parse_header(pack_id: str, data: bytes, codec: Codec | None = None) -> list[BlobEntry]:
     """Read the header at the end of a whole pack and check it describes the pack."""

@@ -22,6 +22,7 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -62,10 +63,10 @@ FORMAT_ENCRYPTED = 2  # docs/FORMAT.md, "Version 2": everything but `config` sea
 ENCRYPTION = "aes-256-gcm"
 INDEX_EVERY_PACKS = 8
 INDEX_BLOBS = 250_000  # the most blobs one index file names (about 27 MB)
-# Packs handed to the upload thread and not uploaded yet, besides the one being filled: one is
-# double buffering (the scan fills a pack while the previous one uploads), so a backup holds at
-# most two packs (~32 MiB); the upload is the slower side, so a deeper queue only held more memory.
-PACKS_IN_FLIGHT = 1
+# Packs handed to the upload threads and not uploaded yet, besides the one being filled: one per
+# upload thread (a backend's `concurrent_puts`). With one thread that is double buffering (the scan
+# fills a pack while the previous one uploads), so a backup holds at most two packs (~32 MiB); the
+# upload is the slower side, so a deeper queue only held more memory.
 STAT_PACKS_AT_MOST = 256  # more packs written: one listing of packs/ is cheaper than a stat for each
 
 
@@ -952,10 +953,12 @@ class Repository:
 
 
 class BlobWriter:
-    """Packs new blobs and uploads packs in a background thread while the caller reads files.
+    """Packs new blobs and uploads packs in background threads while the caller reads files.
 
     Blobs become part of the index only when their pack is uploaded and an index naming it is
-    written (every few packs, and at `finish`), so an interrupted run keeps what it indexed.
+    written (every few packs, and at `finish`), so an interrupted run keeps what it indexed. A
+    backend that takes several uploads at once (S3: an HTTP request each) gets as many threads;
+    one connection (SFTP, FTP) gets one, its uploads under the repository's lock.
     """
 
     def __init__(self, repository: Repository) -> None:
@@ -970,11 +973,14 @@ class BlobWriter:
         self.indexed: list[tuple[str, int, list[BlobEntry]]] = []  # what this writer's indexes name
         self.index_ids: set[str] = set()
         self.queue: queue.Queue[PackBuilder | None] = queue.Queue()
-        self.in_flight = threading.BoundedSemaphore(PACKS_IN_FLIGHT)  # a pack's slot, freed once uploaded
+        self.workers = max(1, repository.backend.concurrent_puts)
+        self.in_flight = threading.BoundedSemaphore(self.workers)  # a pack's slot, freed once uploaded
+        self.done = threading.Lock()  # the bookkeeping of uploaded packs, from any upload thread
         self.error: BaseException | None = None
-        self.on_upload: Callable[[int], None] = lambda size: None
-        self.thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._upload_loop, name=f"pack-upload-{number}", daemon=True)
+                        for number in range(self.workers)]
+        for thread in self.threads:
+            thread.start()
 
     def known(self, blob_id: str) -> bool:
         return blob_id in self.pending or self.repository.has_blob(blob_id)
@@ -1005,44 +1011,49 @@ class BlobWriter:
         if not self.builder.items:
             return
         builder, self.builder = self.builder, PackBuilder(self.codec)
-        self._put_in_queue(builder)  # finished (header, hash) on the upload thread, beside the scan
+        self._put_in_queue(builder)  # finished (header, hash) on an upload thread, beside the scan
 
-    def _put_in_queue(self, item: PackBuilder | None) -> None:
-        """Hand a pack (None: the end) to the upload thread once it has a free slot."""
+    def _put_in_queue(self, item: PackBuilder) -> None:
+        """Hand a pack to the upload threads once one of them has a free slot."""
         while True:
             self._raise_upload_error()
-            if item is None or self.in_flight.acquire(timeout=0.5):
+            if self.in_flight.acquire(timeout=0.5):
                 self.queue.put(item)
                 return
 
+    def _stop_threads(self) -> None:
+        for _ in self.threads:
+            self.queue.put(None)  # the queue is unbounded: packs are bounded by `in_flight`
+
     def _upload_loop(self) -> None:
+        exclusive = self.workers == 1
         while True:
             item = self.queue.get()
-            if item is None or self.error is not None:
-                if item is None:
-                    return
+            if item is None:
+                return
+            if self.error is not None:
                 self.in_flight.release()
                 continue
             released = False
             try:
                 pack_id, pieces, entries = item.finish_pieces()
                 del item
-                self.bytes_added += sum(entry.length for entry in entries)
                 stream = PiecesReader(pieces)
                 del pieces  # the stream holds them: freed when it is, right after the upload
-                with self.repository.lock:
+                with self.repository.lock if exclusive else contextlib.nullcontext():
                     self.repository.backend.put(pack_key(pack_id), stream)
                 size = stream.size
                 del stream
                 self.in_flight.release()  # its bytes are freed: the scan may hand over the next pack
                 released = True
-                self.uploaded.append((pack_id, size, entries))
-                self.written_packs.add(pack_id)
-                self.on_upload(size)
-                if len(self.uploaded) >= INDEX_EVERY_PACKS:
-                    self._write_index()
+                with self.done:
+                    self.bytes_added += sum(entry.length for entry in entries)
+                    self.uploaded.append((pack_id, size, entries))
+                    self.written_packs.add(pack_id)
+                    if len(self.uploaded) >= INDEX_EVERY_PACKS:
+                        self._write_index()
             except BaseException as error:  # handed to the caller's thread by _raise_upload_error
-                self.error = error
+                self.error = self.error or error
                 if not released:
                     self.in_flight.release()
 
@@ -1060,16 +1071,19 @@ class BlobWriter:
     def finish(self) -> None:
         """Upload what is left and index it; after this every added blob is in the repository."""
         self._seal()
-        self._put_in_queue(None)
-        self.thread.join()
+        self._stop_threads()
+        for thread in self.threads:
+            thread.join()
         self._raise_upload_error()
         self._write_index()
 
     def abort(self) -> None:
-        """Stop the upload thread without indexing what it was doing (the run failed)."""
+        """Stop the upload threads without indexing what they were doing (the run failed)."""
         self.error = self.error or RepositoryError("aborted")
-        self.queue.put(None)  # the queue is unbounded: packs are bounded by `in_flight`
-        self.thread.join(timeout=5)  # a stuck upload must not hold up a stopping daemon
+        self._stop_threads()
+        deadline = time.monotonic() + 5  # a stuck upload must not hold up a stopping daemon
+        for thread in self.threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def iter_tree(repository: Repository, tree_id: str, prefix: str = "") -> Iterator[tuple[str, Node]]:

@@ -43,6 +43,7 @@ class RetryingBackend(Backend):
     def __init__(self, inner: Backend, policy: RetryPolicy | None = None, stop: threading.Event | None = None):
         self.inner = inner
         self.scheme = inner.scheme
+        self.concurrent_puts = inner.concurrent_puts
         self.policy = policy or DEFAULT_POLICY
         self.stop = stop or threading.Event()
 

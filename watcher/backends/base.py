@@ -178,6 +178,9 @@ class Backend(ABC):
     """
 
     scheme: str = ""
+    # How many `put` calls may run at once, from as many threads, on this one object: 1 for one
+    # connection (SFTP, FTP), more where each request stands alone (S3's HTTP requests).
+    concurrent_puts: int = 1
 
     @abstractmethod
     def open(self) -> None:

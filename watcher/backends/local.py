@@ -63,6 +63,7 @@ def translate(error: OSError, what: str) -> BackendError:
 
 class LocalBackend(Backend):
     scheme = "file"
+    concurrent_puts = 2  # each upload its own temporary file: two fsyncs wait at once
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

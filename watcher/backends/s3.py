@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import ssl
 import threading
@@ -50,6 +51,9 @@ from watcher.errors import BackendConfigError, BackendError, IntegrityError, Not
 log = logging.getLogger(__name__)
 DEFAULT_REGION = "us-east-1"
 DEFAULT_PORTS = {True: 443, False: 80}
+# Packs uploaded at once by a backup, each its own request (botocore's pool keeps 10 connections):
+# one PUT at a time left the link idle while the next pack was sealed (docs/BENCHMARKS.md, "S3").
+UPLOADS_AT_ONCE = 3
 
 
 def system_ca_file() -> str | bool:
@@ -61,8 +65,35 @@ def system_ca_file() -> str | bool:
     return True
 
 
+class _Body:
+    """The bytes of `source` from `start`, as botocore reads a request body: sized (`len`), read in
+    pieces, and sought back to its start once its SHA-256 is taken for the signature."""
+
+    def __init__(self, source: BinaryIO, start: int, size: int) -> None:
+        self.source = source
+        self.start = start
+        self.size = size
+        source.seek(start)
+
+    def __len__(self) -> int:
+        return self.size - self.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        left = self.size - self.tell()
+        return self.source.read(left if size is None or size < 0 else min(size, left))
+
+    def tell(self) -> int:
+        return self.source.tell() - self.start
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.tell(), 2: self.size}[whence]
+        self.source.seek(self.start + base + position)
+        return self.tell()
+
+
 class S3Backend(Backend):
     scheme = "s3"
+    concurrent_puts = UPLOADS_AT_ONCE
 
     def __init__(
         self,
@@ -159,6 +190,11 @@ class S3Backend(Backend):
         verify: str | bool = (self.ca_file or system_ca_file()) if self.tls else False
         return session.client("s3", endpoint_url=self.endpoint, config=config, verify=verify)
 
+    def reconnect(self) -> None:
+        """Keep the client: botocore's pool already drops a connection that failed, and the upload
+        threads share the client, so closing it would fail their requests as well."""
+        self.open()
+
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
@@ -195,11 +231,17 @@ class S3Backend(Backend):
 
     def put(self, key: str, source: BinaryIO) -> None:
         name = self._full(validate_key(key))
+        md5 = hashlib.md5(usedforsecurity=False)
         try:
-            data = b"".join(iter(lambda: read_source(source), b""))
+            if not source.seekable():  # a pipe: kept whole, as it cannot be read twice
+                source = io.BytesIO(b"".join(iter(lambda: read_source(source), b"")))
+            start = source.tell()
+            for piece in iter(lambda: read_source(source), b""):
+                md5.update(piece)
         except CallerStreamError as wrapped:
             raise wrapped.error from None
-        digest = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        data = _Body(source, start, source.tell() - start)  # read again as it is sent: no copy of a pack
+        digest = base64.b64encode(md5.digest()).decode()
         try:
             try:
                 self._call("put_object", Bucket=self.bucket, Key=name, Body=data, ContentMD5=digest)
