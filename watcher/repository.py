@@ -977,6 +977,7 @@ class BlobWriter:
         self.in_flight = threading.BoundedSemaphore(self.workers)  # a pack's slot, freed once uploaded
         self.done = threading.Lock()  # the bookkeeping of uploaded packs, from any upload thread
         self.error: BaseException | None = None
+        self.aborted = False  # set by `abort`: an upload that ends later is indexed by nothing
         self.threads = [threading.Thread(target=self._upload_loop, name=f"pack-upload-{number}", daemon=True)
                         for number in range(self.workers)]
         for thread in self.threads:
@@ -1047,6 +1048,8 @@ class BlobWriter:
                 self.in_flight.release()  # its bytes are freed: the scan may hand over the next pack
                 released = True
                 with self.done:
+                    if self.aborted:  # the run is over and its lock may be gone: index nothing more
+                        continue
                     self.bytes_added += sum(entry.length for entry in entries)
                     self.uploaded.append((pack_id, size, entries))
                     self.written_packs.add(pack_id)
@@ -1079,9 +1082,13 @@ class BlobWriter:
 
     def abort(self) -> None:
         """Stop the upload threads without indexing what they were doing (the run failed)."""
+        deadline = time.monotonic() + 5  # a stuck upload must not hold up a stopping daemon
+        writing_index = not self.done.acquire(timeout=5)  # an index already being written may end
+        self.aborted = True
+        if not writing_index:
+            self.done.release()
         self.error = self.error or RepositoryError("aborted")
         self._stop_threads()
-        deadline = time.monotonic() + 5  # a stuck upload must not hold up a stopping daemon
         for thread in self.threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 

@@ -14,11 +14,13 @@ from typing import BinaryIO
 import pytest
 
 from tests.helpers import backup, describe_tree, make_tree
+from watcher import repository as repository_module
 from watcher.actions.check import run_check
 from watcher.actions.restore import run_restore
 from watcher.backends.local import LocalBackend
 from watcher.errors import PermissionDeniedError
 from watcher.repository import Repository
+from watcher.retry import RetryingBackend
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,7 +65,10 @@ class RecordingBackend(LocalBackend):
 
 
 def _repository(tmp_path: Path, concurrent_puts: int, recorder: OverlapRecorder) -> Repository:
-    repository = Repository(RecordingBackend(tmp_path / "repo", concurrent_puts, recorder), None)
+    """As a run opens it: the backend inside the retrying wrapper, which must pass its figure on."""
+    backend = RetryingBackend(RecordingBackend(tmp_path / "repo", concurrent_puts, recorder))
+    assert backend.concurrent_puts == concurrent_puts
+    repository = Repository(backend, None)
     repository.backend.open()
     repository.open(create=True, pack_size=500_000)  # about one file a pack: many packs
     repository.load_index()
@@ -82,6 +87,7 @@ def test_packs_upload_as_many_at_once_as_the_backend_takes(tmp_path, concurrent_
     result = backup(repository, source)
     assert recorder.started >= 16
     assert recorder.most == concurrent_puts
+    assert result.summary.bytes_added >= 16 * 600_000  # every pack counted once, none lost between threads
     assert not _upload_threads()
     # every pack uploaded is indexed, and the repository is whole
     stored = {info.key.rsplit("/", 1)[1] for info in repository.backend.list("packs")}
@@ -96,17 +102,52 @@ def test_packs_upload_as_many_at_once_as_the_backend_takes(tmp_path, concurrent_
 def test_a_refused_upload_ends_the_backup_and_the_next_one_completes(tmp_path):
     """One thread's failure stops the others' work, reaches the caller as the error it was, and
     leaves no thread behind; what was uploaded and indexed meanwhile is reused by the next run."""
-    source = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(600_000) for i in range(24)})
+    source = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(600_000) for i in range(60)})
     recorder = OverlapRecorder()
     recorder.fail_at = 12
     repository = _repository(tmp_path, 3, recorder)
     with pytest.raises(PermissionDeniedError, match="refused, as the test asked"):
         backup(repository, source)
     assert not _upload_threads()
-    assert recorder.started < 24 + 3  # the scan stopped soon after: at most the slots in flight went on
+    assert recorder.started <= 12 + 2  # no upload started after the failure but the two in flight
     recorder.fail_at = None
     result = backup(repository, source)
     assert result.snapshot is not None
     assert run_check(repository, read_data=True).problems == []
     run_restore(repository, result.snapshot, tmp_path / "out")
     assert describe_tree(tmp_path / "out" / str(source).lstrip("/")) == describe_tree(source)
+
+
+def test_an_upload_that_ends_after_abort_is_indexed_by_nothing(tmp_path, monkeypatch):
+    """A stopping run aborts its writer and gives its uploads 5 s; one that ends later (a slow link,
+    a retry's back-off) must not write an index: the run's lock may be gone by then, and a `forget`
+    elsewhere may already have removed what was not indexed, so such an index would name lost packs."""
+    release = threading.Event()
+    recorder = OverlapRecorder()
+    repository = _repository(tmp_path, 3, recorder)
+    indexes_before = {info.key for info in repository.backend.list("index")}
+    original = recorder.around
+
+    holding = threading.Semaphore(0)
+
+    def held(key: str, upload) -> None:
+        holding.release()
+        release.wait(30)
+        original(key, upload)
+
+    recorder.around = held  # type: ignore[method-assign]
+    monkeypatch.setattr(repository_module, "INDEX_EVERY_PACKS", 1)  # each upload would write an index
+    writer = repository.writer()
+    writer.pack_size = 1  # every blob seals a pack: three packs, one in each upload thread
+    for _ in range(3):
+        data = os.urandom(1000)
+        writer.add(repository.codec.blob_id(data), "data", data)
+    for _ in range(3):
+        assert holding.acquire(timeout=30)  # each pack is in its upload, held
+    writer.abort()  # the uploads are held: it gives up on them after 5 s
+    release.set()
+    for thread in writer.threads:
+        thread.join(timeout=30)
+    assert not _upload_threads()
+    assert {info.key for info in repository.backend.list("index")} == indexes_before
+    assert writer.index_ids == set() and writer.uploaded == []

@@ -54,6 +54,7 @@ DEFAULT_PORTS = {True: 443, False: 80}
 # Packs uploaded at once by a backup, each its own request (botocore's pool keeps 10 connections):
 # one PUT at a time left the link idle while the next pack was sealed (docs/BENCHMARKS.md, "S3").
 UPLOADS_AT_ONCE = 3
+STREAM_FROM = 1024 * 1024  # an upload this large is streamed from its source, not copied into one buffer
 
 
 def system_ca_file() -> str | bool:
@@ -163,11 +164,18 @@ class S3Backend(Backend):
             log.warning("%s: plain HTTP: transfers are not encrypted (requests are signed, the secret is never sent)",
                         self.describe())
         try:
+            self._prove()
+        except BaseException:
+            self.close()
+            raise
+
+    def _prove(self) -> None:
+        """A one-key listing: the server answers and takes the credentials (a missing bucket is fine)."""
+        try:
             self._call("list_objects_v2", Bucket=self.bucket, Prefix=self._full(""), MaxKeys=1)
         except Exception as error:
             if error_code(error) == "NoSuchBucket":
                 return
-            self.close()
             self._fail(error, self.describe(), connecting=True)
 
     def _make_client(self) -> Any:
@@ -191,9 +199,13 @@ class S3Backend(Backend):
         return session.client("s3", endpoint_url=self.endpoint, config=config, verify=verify)
 
     def reconnect(self) -> None:
-        """Keep the client: botocore's pool already drops a connection that failed, and the upload
-        threads share the client, so closing it would fail their requests as well."""
-        self.open()
+        """Ask the server again, as connecting does, but keep the client: botocore's pool already
+        drops a connection that failed, and the upload threads share the client, so closing it would
+        fail their requests as well. A server that does not answer fails here as a connection does."""
+        if self._client is None:
+            self.open()
+        else:
+            self._prove()
 
     def close(self) -> None:
         with self._lock:
@@ -240,16 +252,27 @@ class S3Backend(Backend):
                 md5.update(piece)
         except CallerStreamError as wrapped:
             raise wrapped.error from None
-        data = _Body(source, start, source.tell() - start)  # read again as it is sent: no copy of a pack
+        size = source.tell() - start
         digest = base64.b64encode(md5.digest()).decode()
+
+        def body() -> _Body | bytes:
+            """The object from its start: a pack is read again as it is sent (no copy of it is made);
+            a small object goes as bytes, which botocore sends without `Expect: 100-continue`."""
+            if size >= STREAM_FROM:
+                return _Body(source, start, size)
+            source.seek(start)
+            return b"".join(iter(lambda: read_source(source), b""))
+
         try:
             try:
-                self._call("put_object", Bucket=self.bucket, Key=name, Body=data, ContentMD5=digest)
+                self._call("put_object", Bucket=self.bucket, Key=name, Body=body(), ContentMD5=digest)
             except Exception as error:
                 if error_code(error) != "NoSuchBucket":
                     raise
                 self._create_bucket()
-                self._call("put_object", Bucket=self.bucket, Key=name, Body=data, ContentMD5=digest)
+                self._call("put_object", Bucket=self.bucket, Key=name, Body=body(), ContentMD5=digest)
+        except CallerStreamError as wrapped:
+            raise wrapped.error from None
         except BackendError:
             raise
         except Exception as error:
