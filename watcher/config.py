@@ -40,6 +40,8 @@ KEEP_VARIABLES = {  # Retention field -> variable, spelled out so that each name
 MAX_SECONDS = 366 * 24 * 3600  # a year: every duration variable; more overflows waits and dates
 MAX_RETRIES = 1000
 MAX_KEEP = 1_000_000
+_KEY_FILE_MAX = 1024 * 1024  # a private key file is a few KiB; the block is looked for in its first MiB
+_PRIVATE_KEY_BLOCK = re.compile(rb"^-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,24 @@ class _Parser:
             return None
         return path
 
+    def private_key_file(self, name: str) -> Path | None:
+        """A readable file that holds a private key in a form paramiko reads (OpenSSH, PKCS#1, PKCS#8,
+        SEC1: a `-----BEGIN … PRIVATE KEY-----` block); whether it opens is known when connecting,
+        as an encrypted one needs the target's password."""
+        path = self.readable_file(name)
+        if path is None:
+            return None
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(_KEY_FILE_MAX)
+        except OSError as error:
+            self.fail(name, f"{path}: cannot be read ({error.strerror})")
+            return None
+        if not _PRIVATE_KEY_BLOCK.search(head):
+            self.fail(name, f"{path} holds no private key (no -----BEGIN … PRIVATE KEY----- block)")
+            return None
+        return path
+
     def items(self, name: str) -> tuple[str, ...]:
         raw = self.env.get(name, "")
         return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -323,8 +343,8 @@ def _parse_targets(parser: _Parser, shared_key: Path | None, shared_ca: Path | N
                 parser.fail(orphan, f"set for a target that is not: {name} is not set")
             continue
         password = parser.secret(target_variable(number, "_PASSWORD"))
-        own = {setting: parser.readable_file(target_variable(number, setting)) if number > 1 else None
-               for setting in ("_SSH_KEY", "_TLS_CA_FILE")}
+        own = {"_SSH_KEY": parser.private_key_file(target_variable(number, "_SSH_KEY")) if number > 1 else None,
+               "_TLS_CA_FILE": parser.readable_file(target_variable(number, "_TLS_CA_FILE")) if number > 1 else None}
         target = _parse_target(parser, name)
         if target is None:
             continue
@@ -431,15 +451,15 @@ def load_settings(env: Mapping[str, str], *, need_sources: bool = False, need_ta
     others work with the target alone, so a fresh machine can list and restore.
     """
     parser = _Parser(env)
-    ssh_key = parser.readable_file("BACKUP_SSH_KEY")
+    ssh_key = parser.private_key_file("BACKUP_SSH_KEY")
     tls_ca_file = parser.readable_file("BACKUP_TLS_CA_FILE")
     targets = _parse_targets(parser, ssh_key, tls_ca_file)
     if parser.text("BACKUP_TARGET") is None and need_target:
         parser.fail("BACKUP_TARGET", "required: file:///path, sftp://user@host/path, ftp://…, ftps://… or s3://…")
-    retention = Retention(
+    retention = Retention(  # 0 is "not set", as restic reads --keep-* 0: a rule that keeps nothing would forget all
         **{
             field_name: None if parser.text(variable) is None
-            else int(parser.number(variable, 0, integer=True, maximum=MAX_KEEP))
+            else int(parser.number(variable, 0, integer=True, maximum=MAX_KEEP)) or None
             for field_name, variable in KEEP_VARIABLES.items()
         }
     )

@@ -132,7 +132,9 @@ class Daemon:
         self.targets = [TargetState(target, settings.state_dir) for target in settings.targets]
         # With several targets, a server that is gone fails its attempt at once (the daemon's back-off
         # takes over) rather than hold up the others; one target alone keeps the patient operation retries.
-        self.connect_policy = replace(retry.DEFAULT_POLICY, connect_once=len(self.targets) > 1)
+        # Its waits never exceed BACKUP_RETRY_MAX_SECONDS either.
+        self.connect_policy = replace(retry.DEFAULT_POLICY, connect_once=len(self.targets) > 1,
+                                      max_seconds=min(retry.DEFAULT_POLICY.max_seconds, settings.retry_max_seconds))
         self.health = HealthFile(settings.state_dir)
         self.starting = False
         for state in self.targets:

@@ -18,10 +18,23 @@ _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/:@\s]*:)[^@/\s]+@", re.IG
 REDACTED = "***"
 
 
+# A secret this long is masked wherever it appears; a shorter one only where it stands alone (not
+# inside a word: "hand***hake" for a secret "s" would show what it is), and one under MASKED_FROM not
+# at all: a word like "s" or "ab" is in every message, and watcher never writes a secret itself.
+MASKED_ANYWHERE_FROM = 8
+MASKED_FROM = 4
+
+
+def _pattern(secret: str) -> str:
+    if len(secret) >= MASKED_ANYWHERE_FROM:
+        return re.escape(secret)
+    return rf"(?<![^\W_]){re.escape(secret)}(?![^\W_])"
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
     """Remove every known secret, and any password written inside a URL."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+    for secret in sorted((s for s in secrets if len(s) >= MASKED_FROM), key=len, reverse=True):
+        text = re.sub(_pattern(secret), REDACTED, text)
     return _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
 
 
@@ -96,6 +109,9 @@ def setup_console(level: int, secrets: Iterable[str] = (), stream: TextIO | None
     root.setLevel(min(level, logging.INFO))  # run logs record INFO whatever the console shows
     for noisy in ("paramiko", "watchdog", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # paramiko logs each failed handshake at ERROR with its traceback, a line a record; the SFTP backend
+    # translates that failure into its own one line, so paramiko's records are never shown.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL + 1)
     return redactor
 
 

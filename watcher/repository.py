@@ -103,6 +103,15 @@ def _unlocked_key(repository_id: str, password: str) -> tuple[str, str]:
 
 # What `open` creates: it names the local cache's folder, so nothing else may pass (no `..`, no `/`).
 REPOSITORY_ID = re.compile(r"[0-9a-f]{32}")
+# The names a repository writes in each folder (docs/FORMAT.md). Anything else there is not this
+# repository's (another repository under a longer prefix of the same bucket or folder, a stray file):
+# it is neither read nor ever deleted.
+LAYOUT = {
+    "keys": re.compile(r"keys/([0-9a-f]{64})"),
+    "index": re.compile(r"index/([0-9a-f]{64})"),
+    "snapshots": re.compile(r"snapshots/(\d{8}T\d{6}Z-[0-9a-f]{8})"),
+    "packs": re.compile(r"packs/([0-9a-f]{2})/(\1[0-9a-f]{62})"),
+}
 # The most bytes read for each kind of object (docs/FORMAT.md, "Limits"): the server is not
 # trusted, and an object that never ends must not fill memory. A pack is read up to the size its
 # index records, which may not exceed PACK_LIMIT (packs are about `pack_size`, 16 MiB, and exceed
@@ -262,6 +271,7 @@ class Repository:
             with exclusive() if exclusive else contextlib.nullcontext():
                 data = self._read_config()  # made by another process before the lock was ours
                 if data is None:
+                    self._refuse_over_data()
                     self._create(pack_size)
         if data is not None:
             self.config = RepoConfig.decode(data)
@@ -358,6 +368,16 @@ class Repository:
             raise ConfigError([f"BACKUP_REPOSITORY_PASSWORD: required to create the new repository at {where}: this "
                                "target held an encrypted repository (set BACKUP_ENCRYPTION=none to make an "
                                "unencrypted one there on purpose)"])
+
+    def _refuse_over_data(self) -> None:
+        """No new repository where one's data lies without its config (deleted, or lost): a new
+        config would stand beside data it cannot read, and runs would fail there for good. Keys
+        alone are what a creation cut short leaves: a new one is made beside them."""
+        for folder in ("snapshots", "index", "packs"):
+            if self.listed(folder):
+                raise RepositoryError(
+                    f"{self.backend.describe()} holds a repository's {folder}/ but no config: not creating a "
+                    "new repository over it (put its config back, or choose another place for a new one)")
 
     def _create(self, pack_size: int) -> None:
         """A new repository (`_check_creation` allowed it): encrypted when a password is given and
@@ -532,8 +552,19 @@ class Repository:
             return None, None  # another repository at that place now, a key removed since, or it failed
         return key_id, result["master"]
 
+    def listed(self, folder: str) -> dict[str, int]:
+        """The objects of `folder` ("keys", "index", "snapshots", "packs") named as this repository
+        names them: {id: size}; other names there are left alone (see LAYOUT)."""
+        pattern = LAYOUT[folder]
+        found: dict[str, int] = {}
+        for info in self.backend.list(folder):
+            match = pattern.fullmatch(info.key)
+            if match is not None:
+                found[match.group(match.lastindex or 1)] = info.size
+        return found
+
     def key_ids(self) -> list[str]:
-        return sorted(info.key.split("/", 1)[1] for info in self.backend.list("keys"))
+        return sorted(self.listed("keys"))
 
     def read_key(self, key_id: str) -> crypto.KeyFile:
         return crypto.decode_key_file(key_id, self.backend.get_bytes(f"keys/{key_id}", crypto.KEY_FILE_LIMIT))
@@ -625,7 +656,7 @@ class Repository:
         If an index loaded earlier is gone, a `forget` rewrote the index and may have deleted
         packs: everything is read again, so no blob is believed stored that is not.
         """
-        listed = {info.key.split("/", 1)[1] for info in self.backend.list("index")}
+        listed = set(self.listed("index"))
         if self.indexes - listed:
             self.blobs, self.packs, self.pack_blobs, self.indexes = {}, {}, {}, set()
         for index_id in sorted(listed - self.indexes):
@@ -742,7 +773,7 @@ class Repository:
     # -- snapshots ---------------------------------------------------------------------------
 
     def snapshot_ids(self) -> list[str]:
-        return sorted(info.key.split("/", 1)[1] for info in self.backend.list("snapshots"))
+        return sorted(self.listed("snapshots"))
 
     def load_snapshot(self, snapshot_id: str, *, cached: bool = False) -> Snapshot:
         """A snapshot document; `cached` allows the local copy (for ids just listed on the server)."""
@@ -830,7 +861,7 @@ class Repository:
         uploads again what is missing.
         """
         with self.lock:
-            listed = {info.key.split("/", 1)[1] for info in self.backend.list("index")}
+            listed = set(self.listed("index"))
             missing = self._missing_packs(writer.written_packs)
         vanished = self.indexes - listed
         if not vanished and not missing:
@@ -853,7 +884,7 @@ class Repository:
 
     def _missing_packs(self, packs: set[str]) -> set[str]:
         if len(packs) > STAT_PACKS_AT_MOST:
-            return packs - {info.key.rsplit("/", 1)[1] for info in self.backend.list("packs")}
+            return packs - set(self.listed("packs"))
         return {pack for pack in packs if not self.backend.exists(pack_key(pack))}
 
     def save_snapshot(self, snapshot: Snapshot) -> None:

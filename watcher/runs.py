@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from watcher import scan
+from watcher import retry, scan
 from watcher.actions.backup import BackupOptions, BackupResult, Progress, run_backup
 from watcher.actions.prune import run_forget
 from watcher.backends import create_backend
@@ -32,7 +32,11 @@ log = logging.getLogger("watcher.run")
 
 def open_repository(settings: Settings, target: Target | None = None, *, create: bool = False,
                     stop: threading.Event | None = None, policy: RetryPolicy | None = None) -> Repository:
-    """Connect to `target` (the first one if None), read the repository config and its index."""
+    """Connect to `target` (the first one if None), read the repository config and its index.
+
+    Without a `policy` (a one-shot command), each operation is tried `BACKUP_RETRIES` times, its waits
+    capped by `BACKUP_RETRY_MAX_SECONDS`; the daemon passes its own, as it also retries whole runs."""
+    policy = policy or replace(retry.DEFAULT_POLICY, attempts=settings.retries, max_seconds=settings.retry_max_seconds)
     backend = RetryingBackend(create_backend(settings, target), policy, stop)
     chosen = target or settings.target
     protection = Protection(settings.repository_password, settings.encryption, settings.compression,

@@ -155,7 +155,7 @@ def test_a_key_that_may_not_write_or_create_the_bucket(s3_server, source, tmp_pa
         code, _out, err = run(capsys, ["backup"], env)
         lines = [line for line in err.splitlines() if line.startswith("error:")]
         assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
-        assert "may not create it" in lines[0] or "refused access" in lines[0], lines[0]
+        assert "does not exist and this access key may not create it" in lines[0], lines[0]
     # the reader in a bucket that exists: it may list and restore, not write
     owner = s3_env(s3_server, source, tmp_path, "shared")
     assert run(capsys, ["backup"], owner)[0] == 0
@@ -166,6 +166,21 @@ def test_a_key_that_may_not_write_or_create_the_bucket(s3_server, source, tmp_pa
     (source / "docs/new.txt").write_text("new")
     code, _out, err = run(capsys, ["backup"], reader)
     assert code == 1 and "refused access" in err and "Traceback" not in err
+
+
+def test_aws_profiles_and_files_are_not_read(s3_server, source, tmp_path, capsys, monkeypatch):
+    """What the variables say is all that is used: a profile this machine lacks, and AWS config and
+    credentials files botocore cannot parse, change nothing."""
+    garbage = tmp_path / "aws-garbage"
+    garbage.write_text("[profile\nthis is = not = ini\n")
+    monkeypatch.setenv("AWS_PROFILE", "not-on-this-machine")
+    monkeypatch.setenv("AWS_DEFAULT_PROFILE", "not-on-this-machine")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(garbage))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(garbage))
+    env = s3_env(s3_server, source, tmp_path, "profiles")
+    code, _out, err = run(capsys, ["backup"], env)
+    assert code == 0, err
+    assert run(capsys, ["snapshots"], env)[0] == 0
 
 
 def test_a_server_that_is_down_is_transient(s3_server, source, tmp_path, capsys):

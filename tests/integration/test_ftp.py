@@ -514,6 +514,7 @@ def test_server_restarted_mid_backup(ftps_server: FtpServer, source: Path, tmp_p
                                      capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     ftps_server.need_local()
     run = cli_for(ftps_server, source, tmp_path, capsys)
+    run.env["BACKUP_RETRIES"] = "4"  # each request of a one-shot command is tried that many times
     original = FtpBackend.put
     state = {"done": False}
 

@@ -328,6 +328,12 @@ def test_bad_packs_are_integrity_errors(spoil):
         ("sftp://host:2222/srv", [], "sftp://host:2222/srv"),
         ("sftp://:hunter2@host/srv", [], f"sftp://:{REDACTED}@host/srv"),
         ("error: sftp://bob:p@ss@host/x", ["p@ss"], f"error: sftp://bob:{REDACTED}@host/x"),
+        # a short secret is masked where it stands alone, not inside words (which would show what it is)
+        ("SSH handshake failed (No existing session)", ["sess"], "SSH handshake failed (No existing session)"),
+        ("key sess, then (sess) and _sess_", ["sess"], f"key {REDACTED}, then ({REDACTED}) and _{REDACTED}_"),
+        # a long one wherever it is; one of 1 to 3 characters is everywhere in text, and never masked
+        ("token=abcLongSecret99def", ["LongSecret99"], f"token=abc{REDACTED}def"),
+        ("attempt 2 of 5 in 1.5 s", ["s"], "attempt 2 of 5 in 1.5 s"),
     ],
 )
 def test_redact(text, secrets, expected):

@@ -19,6 +19,8 @@ from watcher.errors import ConfigError, ExitCode
 PASSWORD = "hunter2-Zq9"  # distinctive enough that finding it in any text is a leak
 
 
+KEY_TEXT = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n"
+
 @pytest.fixture
 def paths(tmp_path: Path) -> dict[str, str]:
     src = tmp_path / "src"
@@ -27,6 +29,7 @@ def paths(tmp_path: Path) -> dict[str, str]:
     regular.write_text("not a folder\n")
     secret = tmp_path / "secret.txt"
     secret.write_text(PASSWORD + "\n")
+    (tmp_path / "key").write_text(KEY_TEXT)
     (tmp_path / "link-to-repo").symlink_to(tmp_path / "repo")
     return {"src": str(src), "tmp": str(tmp_path), "file": str(regular), "secret": str(secret)}
 
@@ -124,6 +127,9 @@ BAD_CONFIG = [
     # files that must be readable (as root every existing file is readable: use missing ones and folders)
     case({"BACKUP_SSH_KEY": "{tmp}/no-such-key"}, "BACKUP_SSH_KEY", "ssh-key-missing"),
     case({"BACKUP_SSH_KEY": "{src}"}, "BACKUP_SSH_KEY", "ssh-key-a-folder"),
+    case({"BACKUP_SSH_KEY": "{secret}"}, "BACKUP_SSH_KEY", "ssh-key-not-a-key"),
+    case({"BACKUP_TARGET_2": "sftp://bob@host/x", "BACKUP_TARGET_2_SSH_KEY": "{file}"},
+         "BACKUP_TARGET_2_SSH_KEY", "targets-ssh-key-not-a-key"),
     case({"BACKUP_TLS_CA_FILE": "{tmp}/no-such-ca.pem"}, "BACKUP_TLS_CA_FILE", "tls-ca-missing"),
     case({"SMTP_TLS_CA_FILE": "{tmp}/no-such-ca.pem"}, "SMTP_TLS_CA_FILE", "smtp-ca-missing"),
     # mail
@@ -319,7 +325,7 @@ def test_values_are_parsed(paths):
         **base_env(paths),
         "BACKUP_SOURCES": f"{paths['src']}/sub",
         "BACKUP_EXCLUDE": "*.tmp, cache/ ,**/node_modules,",
-        "BACKUP_SSH_KEY": paths["secret"],
+        "BACKUP_SSH_KEY": f"{paths['tmp']}/key",
         "BACKUP_SSH_KNOWN_HOSTS": f"{paths['tmp']}/known_hosts",
         "BACKUP_SSH_HOST_KEY": "Accept-New",
         "BACKUP_TLS_VERIFY": "false",
@@ -341,14 +347,14 @@ def test_values_are_parsed(paths):
     settings = load_settings(env, need_sources=True)
     assert settings.sources == (Path(paths["src"]) / "sub",)
     assert settings.exclude == ("*.tmp", "cache/", "**/node_modules")
-    assert settings.ssh_key == Path(paths["secret"])
+    assert settings.ssh_key == Path(paths["tmp"]) / "key"
     assert settings.ssh_known_hosts == Path(paths["tmp"]) / "known_hosts"
     assert settings.ssh_host_key == "accept-new"
     assert settings.tls_verify is False
     assert (settings.debounce_seconds, settings.max_delay_seconds, settings.rescan_seconds) == (0.5, 0.5, 0)
     assert settings.watch_mode == "poll"
     assert settings.retries == 1
-    assert settings.retention.daily == 7 and settings.retention.last == 0 and settings.retention.is_set()
+    assert settings.retention.daily == 7 and settings.retention.last is None and settings.retention.is_set()
     assert settings.retention.hourly is None
     assert settings.host == "box"
     assert (settings.smtp_host, settings.smtp_port, settings.smtp_security) == ("mail.example.com", 465, "tls")
@@ -608,7 +614,8 @@ def test_the_state_folder_check_leaves_nothing_behind(paths):
     state = Path(paths["tmp"]) / "state"
     load_settings(base_env(paths), need_sources=True)
     assert not state.exists() and sorted(Path(paths["tmp"]).iterdir()) == sorted(
-        [*(Path(paths[name]) for name in ("src", "file", "secret")), Path(paths["tmp"]) / "link-to-repo"])
+        [*(Path(paths[name]) for name in ("src", "file", "secret")), *(Path(paths["tmp"]) / name for name in
+                                                                         ("link-to-repo", "key"))])
     state.mkdir()
     load_settings(base_env(paths), need_sources=True)
     assert list(state.iterdir()) == []
@@ -633,7 +640,7 @@ def test_every_target_problem_is_reported_at_once(paths):
 def test_targets_keep_their_numbers_and_their_own_settings(paths, tmp_path):
     own_key, shared_key, own_ca, shared_ca = (tmp_path / name for name in ("own-key", "key", "own-ca", "ca"))
     for path in (own_key, shared_key, own_ca, shared_ca):
-        path.write_text("x")
+        path.write_text(KEY_TEXT if "key" in path.name else "x")
     target_password = tmp_path / "three-password"
     target_password.write_text("third-Secret-77\n")
     env = {
@@ -712,3 +719,10 @@ def test_env_example_documents_every_variable_the_code_reads(paths):
     assert len(read) > 30
     assert read - documented == set()
     assert {"BACKUP_TARGET_2_PASSWORD_FILE", "BACKUP_TARGET_9"} <= documented
+
+
+@pytest.mark.parametrize("zeros", [{"BACKUP_KEEP_LAST": "0"}, {"BACKUP_KEEP_LAST": "0", "BACKUP_KEEP_DAILY": "0"}])
+def test_a_keep_count_of_0_is_not_set_as_in_restic(paths, zeros):
+    """`--keep-last 0` is no rule in restic; read as "keep 0" it would forget all but the newest."""
+    settings = load_settings({"BACKUP_TARGET": f"file://{paths['tmp']}/repo", **zeros})
+    assert not settings.retention.is_set()

@@ -35,7 +35,7 @@ class CheckResult:
 
 
 def _check_packs(repository: Repository, result: CheckResult) -> set[str]:
-    stored = {info.key.rsplit("/", 1)[1]: info.size for info in repository.backend.list("packs")}
+    stored = repository.listed("packs")
     for pack_id, size in sorted(repository.packs.items()):
         if pack_id not in stored:
             result.problems.append(f"pack {pack_id} is missing")

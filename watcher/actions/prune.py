@@ -187,7 +187,7 @@ def run_forget(repository: Repository, policy: Retention, dry_run: bool = False,
                 _forget_snapshots(repository, decisions)
             return result
         used = used_blobs(repository, [snapshot.tree for snapshot in kept])
-        stored = {info.key.rsplit("/", 1)[1]: info.size for info in repository.backend.list("packs")}
+        stored = repository.listed("packs")
         owners = _owners(repository, used, stored)
         doomed, repack = _plan(repository, owners, stored)
         result.deleted_packs, result.repacked_packs = len(doomed), len(repack)

@@ -22,6 +22,7 @@ import base64
 import hashlib
 import io
 import logging
+import os
 import ssl
 import threading
 from collections.abc import Iterator
@@ -132,6 +133,7 @@ class S3Backend(Backend):
         self._client: Any = None
         self._lock = threading.Lock()
         self._warned_plain = False
+        self._bucket_missing = False  # the last listing found no bucket: the first upload creates it
 
     def __repr__(self) -> str:
         return f"S3Backend({self.describe()!r})"
@@ -175,11 +177,14 @@ class S3Backend(Backend):
             self._call("list_objects_v2", Bucket=self.bucket, Prefix=self._full(""), MaxKeys=1)
         except Exception as error:
             if error_code(error) == "NoSuchBucket":
+                self._bucket_missing = True
                 return
             self._fail(error, self.describe(), connecting=True)
+        self._bucket_missing = False
 
     def _make_client(self) -> Any:
         import boto3
+        import botocore.session
         from botocore.config import Config
 
         config = Config(
@@ -193,8 +198,15 @@ class S3Backend(Backend):
             response_checksum_validation="when_required",
             user_agent_appid="watcher",
         )
+        # No profile and no ~/.aws file: what the variables say is all that is used (AWS_PROFILE naming
+        # a profile this machine lacks, or a config file botocore cannot parse, must not break a backup).
+        core = botocore.session.Session(session_vars={
+            "profile": (None, None, None, None),
+            "config_file": (None, None, os.devnull, None),
+            "credentials_file": (None, None, os.devnull, None),
+        })
         session = boto3.session.Session(aws_access_key_id=self.key_id, aws_secret_access_key=self._secret,
-                                        region_name=self.region)
+                                        region_name=self.region, botocore_session=core)
         verify: str | bool = (self.ca_file or system_ca_file()) if self.tls else False
         return session.client("s3", endpoint_url=self.endpoint, config=config, verify=verify)
 
@@ -267,9 +279,14 @@ class S3Backend(Backend):
             try:
                 self._call("put_object", Bucket=self.bucket, Key=name, Body=body(), ContentMD5=digest)
             except Exception as error:
-                if error_code(error) != "NoSuchBucket":
+                # Some servers (SeaweedFS) refuse a key that may not create buckets with AccessDenied
+                # rather than NoSuchBucket: creating it then says what is wrong.
+                missing = error_code(error) == "NoSuchBucket" or (self._bucket_missing
+                                                                  and error_code(error) == "AccessDenied")
+                if not missing:
                     raise
                 self._create_bucket()
+                self._bucket_missing = False
                 self._call("put_object", Bucket=self.bucket, Key=name, Body=body(), ContentMD5=digest)
         except CallerStreamError as wrapped:
             raise wrapped.error from None
