@@ -266,6 +266,7 @@ class Repository:
         data = self._read_config()
         if data is None:
             if not create:
+                self._refuse_over_data()
                 raise RepositoryError(f"no repository at {self.backend.describe()} (run a backup first)")
             self._check_creation()  # before the lock: a refusal writes nothing on the target
             with exclusive() if exclusive else contextlib.nullcontext():
@@ -371,13 +372,14 @@ class Repository:
 
     def _refuse_over_data(self) -> None:
         """No new repository where one's data lies without its config (deleted, or lost): a new
-        config would stand beside data it cannot read, and runs would fail there for good. Keys
-        alone are what a creation cut short leaves: a new one is made beside them."""
+        config would stand beside data it cannot read, and runs would fail there for good; reading
+        commands and `doctor` say so too, rather than "no repository yet". Keys alone are what a
+        creation cut short leaves: a new one is made beside them."""
         for folder in ("snapshots", "index", "packs"):
             if self.listed(folder):
                 raise RepositoryError(
-                    f"{self.backend.describe()} holds a repository's {folder}/ but no config: not creating a "
-                    "new repository over it (put its config back, or choose another place for a new one)")
+                    f"{self.backend.describe()} holds a repository's {folder}/ but no config: its config is lost "
+                    "(put it back; no new repository is made over it: choose another place for one)")
 
     def _create(self, pack_size: int) -> None:
         """A new repository (`_check_creation` allowed it): encrypted when a password is given and

@@ -35,8 +35,10 @@ def open_repository(settings: Settings, target: Target | None = None, *, create:
     """Connect to `target` (the first one if None), read the repository config and its index.
 
     Without a `policy` (a one-shot command), each operation is tried `BACKUP_RETRIES` times, its waits
-    capped by `BACKUP_RETRY_MAX_SECONDS`; the daemon passes its own, as it also retries whole runs."""
-    policy = policy or replace(retry.DEFAULT_POLICY, attempts=settings.retries, max_seconds=settings.retry_max_seconds)
+    seconds-scale (at most 20 s, less if `BACKUP_RETRY_MAX_SECONDS` says so: 300 by default, sized for
+    the daemon's retries of whole runs); the daemon passes its own, as it also retries whole runs."""
+    policy = policy or replace(retry.DEFAULT_POLICY, attempts=settings.retries,
+                               max_seconds=min(retry.DEFAULT_POLICY.max_seconds, settings.retry_max_seconds))
     backend = RetryingBackend(create_backend(settings, target), policy, stop)
     chosen = target or settings.target
     protection = Protection(settings.repository_password, settings.encryption, settings.compression,

@@ -65,9 +65,16 @@ def test_no_new_repository_over_one_whose_config_is_gone(tmp_path):
     _two_snapshots(repository, make_tree(tmp_path / "src", {"a.txt": "a"}))
     (root / "config").unlink()
     again = Repository(LocalBackend(root), None)
-    with pytest.raises(RepositoryError, match=r"holds a repository's .*/ but no config: not creating"):
+    with pytest.raises(RepositoryError, match=r"holds a repository's snapshots/ but no config: its config is lost"):
         again.open(create=True)
+    with pytest.raises(RepositoryError, match="but no config"):  # a reading command, or doctor, says so too
+        Repository(LocalBackend(root), None).open()
     assert not (root / "config").exists()
+    for folder in ("snapshots", "index"):  # the packs alone are enough to refuse
+        for path in (root / folder).iterdir():
+            path.unlink()
+    with pytest.raises(RepositoryError, match=r"holds a repository's packs/ but no config"):
+        Repository(LocalBackend(root), None).open(create=True)
 
 
 def test_keys_alone_are_a_creation_cut_short_and_a_new_repository_is_made(tmp_path):
