@@ -216,17 +216,31 @@ class SourceWatcher:
         return all(emitter.is_alive() for emitter in observer.emitters)
 
     def check(self) -> None:
-        """Re-watch a source whose folder was removed and re-created, or whose watch stopped."""
+        """Notice a source whose folder went (removed, moved away, unmounted: a moved folder's watch
+        would follow it and report its new place's changes under the old name), and re-watch one
+        that is back, or whose watch stopped."""
         for source in map(str, self.sources):
             identity = _identity(source)
-            if identity is None or self._healthy(source, identity):
-                continue  # gone for now (re-watched once it is back), or fine
+            if identity is None:
+                observer = self.observers.pop(source, None)
+                if observer is not None:
+                    self._stop(observer)
+                    with self.lock:
+                        reported = source in self.rewatch  # its removal's event said so already
+                    if not reported:
+                        self.lost(source, "the watched folder is gone (moved away, removed or unmounted)",
+                                  rewatch=True)
+                continue  # re-watched once it is back
+            if self._healthy(source, identity):
+                continue
             observer = self.observers.pop(source, None)
             if observer is not None:
                 self._stop(observer)
-                self.lost(source, "the watched folder is back or its watch stopped; watching it again")
             with self.lock:
+                was_lost = source in self.rewatch
                 self.rewatch.discard(source)
+            if observer is not None or was_lost:
+                self.lost(source, "the watched folder is back or its watch stopped; watching it again")
             self._watch(source)
 
     @staticmethod

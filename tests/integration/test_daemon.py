@@ -114,6 +114,23 @@ def test_a_watched_folder_removed_and_recreated_is_watched_again(daemon, source)
     assert process.stop() == 0
 
 
+def test_a_watched_folder_moved_away_is_reported_and_watched_again_when_back(daemon, source, tmp_path):
+    """`mv` of a watched folder sends no removal: its watch follows it to the new place. The daemon
+    notices that the source is gone within seconds (a warning and a run that says it cannot read it,
+    never silence), and watches it again once it is back."""
+    process = daemon()
+    process.wait_for_output("saved")
+    moved = tmp_path / "moved-away"
+    source.rename(moved)
+    process.wait_for_output("the watched folder is gone", timeout=20)
+    process.wait_for_output(f"cannot read source {source}", timeout=30)
+    moved.rename(source)
+    process.wait_for_output("the watched folder is back", timeout=20)
+    (source / "after-return.txt").write_text("watched again")
+    wait_until(lambda: f"{source}/after-return.txt" in snapshot_paths(process.env), 30, "a file made after its return")
+    assert process.stop() == 0
+
+
 def test_sigterm_stops_promptly_with_exit_0(daemon):
     process = daemon()
     process.wait_for_output("saved")
