@@ -343,8 +343,10 @@ def _parse_targets(parser: _Parser, shared_key: Path | None, shared_ca: Path | N
                 parser.fail(orphan, f"set for a target that is not: {name} is not set")
             continue
         password = parser.secret(target_variable(number, "_PASSWORD"))
-        own = {"_SSH_KEY": parser.private_key_file(target_variable(number, "_SSH_KEY")) if number > 1 else None,
-               "_TLS_CA_FILE": parser.readable_file(target_variable(number, "_TLS_CA_FILE")) if number > 1 else None}
+        own: dict[str, Path | None] = {"_SSH_KEY": None, "_TLS_CA_FILE": None}  # target 1 uses the shared ones
+        if number > 1:
+            own = {"_SSH_KEY": parser.private_key_file(target_variable(number, "_SSH_KEY")),
+                   "_TLS_CA_FILE": parser.readable_file(target_variable(number, "_TLS_CA_FILE"))}
         target = _parse_target(parser, name)
         if target is None:
             continue

@@ -21,12 +21,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
-from watcher import retry
 from watcher.config import Settings, Target
 from watcher.errors import (
     BackendError,
@@ -49,6 +47,7 @@ from watcher.runs import (
     log_outcome,
     never_back_up,
     open_repository,
+    operation_policy,
     start_run_log,
 )
 from watcher.scan import Excluder
@@ -132,9 +131,7 @@ class Daemon:
         self.targets = [TargetState(target, settings.state_dir) for target in settings.targets]
         # With several targets, a server that is gone fails its attempt at once (the daemon's back-off
         # takes over) rather than hold up the others; one target alone keeps the patient operation retries.
-        # Its waits never exceed BACKUP_RETRY_MAX_SECONDS either.
-        self.connect_policy = replace(retry.DEFAULT_POLICY, connect_once=len(self.targets) > 1,
-                                      max_seconds=min(retry.DEFAULT_POLICY.max_seconds, settings.retry_max_seconds))
+        self.connect_policy = operation_policy(settings, connect_once=len(self.targets) > 1)
         self.health = HealthFile(settings.state_dir)
         self.starting = False
         for state in self.targets:

@@ -30,15 +30,21 @@ from watcher.text import format_size, printable
 log = logging.getLogger("watcher.run")
 
 
+def operation_policy(settings: Settings, *, attempts: int | None = None, connect_once: bool = False) -> RetryPolicy:
+    """How each request to a target is retried: seconds-scale waits (at most 20 s, less if
+    BACKUP_RETRY_MAX_SECONDS says so: its 300 s default is sized for the daemon's retries of whole runs)."""
+    base = retry.DEFAULT_POLICY
+    return replace(base, attempts=attempts or base.attempts, connect_once=connect_once,
+                   max_seconds=min(base.max_seconds, settings.retry_max_seconds))
+
+
 def open_repository(settings: Settings, target: Target | None = None, *, create: bool = False,
                     stop: threading.Event | None = None, policy: RetryPolicy | None = None) -> Repository:
     """Connect to `target` (the first one if None), read the repository config and its index.
 
-    Without a `policy` (a one-shot command), each operation is tried `BACKUP_RETRIES` times, its waits
-    seconds-scale (at most 20 s, less if `BACKUP_RETRY_MAX_SECONDS` says so: 300 by default, sized for
-    the daemon's retries of whole runs); the daemon passes its own, as it also retries whole runs."""
-    policy = policy or replace(retry.DEFAULT_POLICY, attempts=settings.retries,
-                               max_seconds=min(retry.DEFAULT_POLICY.max_seconds, settings.retry_max_seconds))
+    Without a `policy` (a one-shot command), each request is tried `BACKUP_RETRIES` times; the
+    daemon passes its own, as it also retries whole runs."""
+    policy = policy or operation_policy(settings, attempts=settings.retries)
     backend = RetryingBackend(create_backend(settings, target), policy, stop)
     chosen = target or settings.target
     protection = Protection(settings.repository_password, settings.encryption, settings.compression,
